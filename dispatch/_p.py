@@ -31,3 +31,4 @@ x = _export("x", _pickling._rebuild_exception)
 i = _export("i", _pickling._sequence_iterator)
 ri = _export("ri", _pickling._range_iterator)
 l = _export("l", _pickling.load_snapshot)  # noqa: E741
+nt = _export("nt", _pickling._no_traceback)

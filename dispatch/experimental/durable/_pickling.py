@@ -18,7 +18,15 @@ import copyreg
 import io
 import pickle
 import sys
-from types import AsyncGeneratorType, CellType, CodeType, CoroutineType, FunctionType, GeneratorType
+from types import (
+    AsyncGeneratorType,
+    CellType,
+    CodeType,
+    CoroutineType,
+    FunctionType,
+    GeneratorType,
+    TracebackType,
+)
 from typing import Any
 
 from . import _frame
@@ -202,7 +210,18 @@ def _reduce_range_iterator(iterator: Any) -> tuple[Any, ...]:
     return (_range_iterator, (remaining.start, remaining.stop, remaining.step))
 
 
+def _no_traceback() -> None:
+    return None
+
+
+def _reduce_traceback(traceback: TracebackType) -> tuple[Any, ...]:
+    # A traceback holds live frames of this process; like an exception's
+    # __traceback__ (which pickle never keeps), it comes back as None.
+    return (_no_traceback, ())
+
+
 _REDUCERS: dict[type, Any] = {
+    TracebackType: _reduce_traceback,
     type(iter([])): _reduce_sequence_iterator,
     type(iter(())): _reduce_sequence_iterator,
     type(iter(range(0))): _reduce_range_iterator,
