@@ -30,7 +30,7 @@ def respond(value: Any) -> Any:
     """What the driver sends back for a suspension that yielded ``value``."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value * 10 + 1
-    return f"<{value!r}>"
+    return f"<{value!r:.40}>"
 
 
 # --- coroutines -------------------------------------------------------------
@@ -369,15 +369,16 @@ def step(obj: Any, value: Any) -> tuple[str, Any]:
         return "raise", repr(exc)
 
 
-def run(obj: Any, value: Any = None) -> list[Any]:
+def run(obj: Any, value: Any = None, limit: int = 10_000) -> list[Any]:
     """Drive ``obj`` to the end; the trace of (event, value) pairs."""
     trace = []
-    while True:
+    for _ in range(limit):
         event, result = step(obj, value)
         trace.append((event, repr(result)))
         if event != "yield":
             return trace
         value = respond(result)
+    raise RuntimeError(f"still running after {limit} suspensions")
 
 
 def run_to(obj: Any, suspensions: int) -> tuple[list[Any], Any]:

@@ -46,8 +46,13 @@ LIST = 16
 DICT = 32
 SET = 64
 LASTI = 128
+# 3.13: the self slot of a method call. It is NULL when the attribute was not
+# a method, and the specialized CALL_LIST_APPEND assumes it is not NULL once
+# the callable below it is list.append: a NULL may only sit under a callable
+# that no method-call specialization accepts (not a method descriptor).
+METHOD_SELF = 256
 
-_TYPE_FLAGS = ITERATOR | EXCEPTION | EXCEPTION_OR_NONE | LIST | DICT | SET | LASTI
+_TYPE_FLAGS = ITERATOR | EXCEPTION | EXCEPTION_OR_NONE | LIST | DICT | SET | LASTI | METHOD_SELF
 
 # Instructions that neither read nor write the value stack.
 _NO_STACK = frozenset(
@@ -94,6 +99,7 @@ _UNCHECKED_LOADS = PY >= (3, 12)
 Tag = tuple[int, frozenset[int]]  # (flags, exception-table entries for LASTI)
 _FRESH: Tag = (0, frozenset())
 _NULL: Tag = (NULLABLE, frozenset())
+_METHOD_SELF: Tag = (NULLABLE | METHOD_SELF, frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,12 +236,14 @@ def _step(
         stack[-1] = _NULL
     elif name == "LOAD_GLOBAL" and arg is not None and arg & 1:
         stack[-1 if PY >= (3, 13) else -2] = _NULL
-    elif name == "LOAD_METHOD" or (
-        name == "LOAD_ATTR" and PY >= (3, 12) and arg is not None and arg & 1
+    elif (
+        name == "LOAD_METHOD"
+        or (name == "LOAD_ATTR" and PY >= (3, 12) and arg is not None and arg & 1)
+        or (name == "LOAD_SUPER_ATTR" and arg is not None and arg & 1)
     ):
-        stack[-1 if PY >= (3, 13) else -2] = _NULL
-    elif name == "LOAD_SUPER_ATTR" and arg is not None and arg & 1:
-        stack[-1 if PY >= (3, 13) else -2] = _NULL
+        # 3.13 pushes [method, self] or [attribute, NULL]; earlier versions
+        # [method, self] or [NULL, attribute].
+        stack[-1 if PY >= (3, 13) else -2] = _METHOD_SELF if PY >= (3, 13) else _NULL
     elif name in ("LOAD_FAST", "LOAD_FAST_CHECK") and arg is not None:
         stack[-1] = load_tag(arg)
     elif name == "LOAD_FAST_LOAD_FAST" and arg is not None:

@@ -14,7 +14,16 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterator
-from types import AsyncGeneratorType, CodeType, CoroutineType, FunctionType, GeneratorType
+from types import (
+    AsyncGeneratorType,
+    ClassMethodDescriptorType,
+    CodeType,
+    CoroutineType,
+    FunctionType,
+    GeneratorType,
+    MethodDescriptorType,
+    WrapperDescriptorType,
+)
 from typing import Any, TypeAlias
 
 from . import _frame
@@ -25,6 +34,7 @@ from ._analysis import (
     ITERATOR,
     LASTI,
     LIST,
+    METHOD_SELF,
     SET,
     Layout,
     analyze,
@@ -44,6 +54,7 @@ _KINDS: tuple[type, ...] = (GeneratorType, CoroutineType, AsyncGeneratorType)
 _KIND_NAMES = ("generator", "coroutine", "async generator")
 
 _DELEGATING_STATE = _frame.SUSPENDED_YIELD_FROM
+_METHOD_DESCRIPTORS = (MethodDescriptorType, WrapperDescriptorType, ClassMethodDescriptorType)
 
 
 def generator_code(gen: GeneratorLike) -> CodeType:
@@ -102,29 +113,39 @@ def reduce_generator(gen: GeneratorLike) -> tuple[Any, ...]:
     return (new_generator, args, frame_state, None, None, restore_frame)
 
 
+class _Load:
+    """The frames made by one load, and how many of them were restored."""
+
+    def __init__(self) -> None:
+        self.created: list[GeneratorLike] = []
+        self.restored = 0
+
+
 class _LoadTracker(threading.local):
     def __init__(self) -> None:
-        self.created: list[list[GeneratorLike]] = []
+        self.loads: list[_Load] = []
 
 
 _tracker = _LoadTracker()
 
 
 class tracking_restores:
-    """Context of one load: on failure, every frame it made is discarded
-    without running any of its code (no ``finally`` block runs on a snapshot
-    that was never resumed)."""
+    """Context of one load. If it fails, or leaves a frame made but never
+    written (only a forged snapshot can), every frame it made is discarded
+    without running any of its code: no ``finally`` block of a snapshot that
+    was never resumed runs, and no "never awaited" warning is issued."""
 
-    def __enter__(self) -> list[GeneratorLike]:
-        created: list[GeneratorLike] = []
-        _tracker.created.append(created)
-        return created
+    def __enter__(self) -> None:
+        _tracker.loads.append(_Load())
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        created = _tracker.created.pop()
-        if exc_type is not None:
-            for gen in created:
-                _frame.discard(gen)
+        load = _tracker.loads.pop()
+        if exc_type is None and load.restored == len(load.created):
+            return
+        for gen in load.created:
+            _frame.discard(gen)
+        if exc_type is None:
+            raise InvalidStateError("the snapshot makes frames it never restores")
 
 
 def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
@@ -138,8 +159,8 @@ def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
     else:
         function = ref.function
     gen: GeneratorLike = function(*ref.blank_args, **ref.blank_kwargs)
-    if _tracker.created:
-        _tracker.created[-1].append(gen)
+    if _tracker.loads:
+        _tracker.loads[-1].created.append(gen)
     return gen
 
 
@@ -252,6 +273,10 @@ def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
     for position, flags, entries in requirements:
         index = nfixed + position
         if nullmask >> index & 1:
+            if flags & METHOD_SELF and type(slots[index - 1]) in _METHOD_DESCRIPTORS:
+                raise InvalidStateError(
+                    f"{name}: {_slot_name(layout, index)} may not be NULL under a method"
+                )
             continue
         value = slots[index]
         if flags & LASTI:
@@ -276,6 +301,8 @@ def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
         _frame.write(gen, raw_state, lasti, slots, nullmask, exc)
     except (TypeError, ValueError) as error:
         raise InvalidStateError(f"{name}: {error}") from None
+    if _tracker.loads:
+        _tracker.loads[-1].restored += 1
 
 
 def frame_slots(gen: GeneratorLike) -> Iterator[tuple[str, object]]:
