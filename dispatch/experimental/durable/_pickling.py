@@ -279,6 +279,8 @@ def _diagnose(obj: object, error: Exception) -> UnpicklableStateError:
         except Exception:
             culprit = None
     if culprit is None:
+        if isinstance(error, UnpicklableStateError):
+            return error
         culprit = f"cannot snapshot {type(obj).__qualname__} object: {error}"
     return UnpicklableStateError(culprit)
 

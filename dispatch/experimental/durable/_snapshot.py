@@ -330,9 +330,13 @@ def find_culprit(
     gen: GeneratorLike, try_pickle: Callable[[object], None], unwrap: Callable[[object], Any]
 ) -> str | None:
     """Describe the innermost slot of ``gen`` (or of a frame it awaits) that fails to pickle."""
-    owner = f"{kind_name(gen)} {describe(generator_code(gen), _module_of_frame(gen))}"
+    state, *_, function = _frame.read(gen)
+    if state >= _frame.EXECUTING:
+        return None
+    module = _module_of(function)
+    owner = f"{kind_name(gen)} {describe(generator_code(gen), module)}"
     try:
-        code_ref(generator_code(gen), gen, _module_of_frame(gen))
+        code_ref(generator_code(gen), gen, module)
     except UnpicklableStateError as error:
         return str(error)
     for where, value in frame_slots(gen):
@@ -349,10 +353,6 @@ def find_culprit(
                 f" that cannot be snapshotted ({type(error).__name__}: {error})"
             )
     return None
-
-
-def _module_of_frame(gen: GeneratorLike) -> str | None:
-    return _module_of(_frame.read(gen)[5])
 
 
 def is_durable(gen: GeneratorLike) -> bool:
