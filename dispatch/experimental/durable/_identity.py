@@ -152,8 +152,10 @@ class CodeRef:
     def __init__(
         self, module: str, qualname: str, path: tuple[int, ...], code: CodeType, function: FunctionType
     ) -> None:
-        self.module = module
-        self.qualname = qualname
+        # Interned, so every reference to a module shares one string object
+        # and pickle's memo writes it once, whoever created the reference.
+        self.module = sys.intern(module)
+        self.qualname = sys.intern(qualname)
         self.path = path
         self.code = code
         self.fingerprint = fingerprint(code)
