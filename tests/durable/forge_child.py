@@ -13,6 +13,8 @@ Prints a JSON summary: how many forgeries were rejected and how many ran.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import random
 import resource
@@ -21,9 +23,9 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import dispatch._p
 from durable_programs import BY_NAME, run, run_to
 
+import dispatch._p
 from dispatch.experimental.durable import SnapshotError, dumps, loads
 from dispatch.experimental.durable._snapshot import generator_code
 
@@ -60,7 +62,7 @@ ODD_VALUES: list[Any] = [
 ]
 
 
-def forgeries(gen: Any, state: State) -> Iterator[tuple[str, State]]:
+def forgeries(gen: Any, state: State) -> Iterator[tuple[str, Any]]:
     lasti, mode, nullmask, exc, slots = decode(state)
     code_units = len(generator_code(gen).co_code) // 2
     for other in range(-1, code_units + 1):
@@ -86,7 +88,7 @@ def forgeries(gen: Any, state: State) -> Iterator[tuple[str, State]]:
         yield f"exc = {value!r}", encode(lasti, mode, nullmask, value, slots)
     yield "negative mask", (state[0] | 2, -1, None, *slots)
     yield "truncated state", state[:1]
-    yield "not a tuple", [state]  # type: ignore[list-item]
+    yield "not a tuple", [state]
 
 
 def frames_in(data: bytes) -> list[tuple[Any, State]]:
@@ -133,10 +135,8 @@ def attempt(label: str, load: Callable[[], Any], value: Any) -> bool:
         restored = load()
     except SnapshotError:
         return False
-    try:
+    with contextlib.suppress(BaseException):
         run(restored, value, limit=500)
-    except BaseException:  # noqa: BLE001 - any Python-level outcome is fine
-        pass
     return True
 
 
@@ -155,7 +155,7 @@ def main(name: str) -> None:
         for target, (gen, state) in enumerate(frames_in(data)):
             for label, forged in forgeries(gen, state):
 
-                def load(target: int = target, forged: State = forged) -> Any:
+                def load(target: int = target, forged: State = forged, data: bytes = data) -> Any:
                     dispatch._p.s = forging(target, forged)
                     try:
                         return loads(data)
@@ -165,7 +165,7 @@ def main(name: str) -> None:
                 accepted = attempt(f"{suspension}/{target}: {label}", load, value)
                 counts["ran" if accepted else "rejected"] += 1
         for label, corrupt in corruptions(data, rng):
-            accepted = attempt(f"{suspension}: {label}", lambda corrupt=corrupt: loads(corrupt), value)
+            accepted = attempt(f"{suspension}: {label}", functools.partial(loads, corrupt), value)
             counts["ran" if accepted else "rejected"] += 1
     json.dump(counts, sys.stdout)
 

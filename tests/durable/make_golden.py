@@ -40,13 +40,17 @@ def snapshots() -> list[dict[str, Any]]:
             data = pickle.dumps(obj, protocol=5)
             run(obj, value)
             cases.append(
-                {"program": program.name, "suspension": i, "snapshot": base64.b64encode(data).decode()}
+                {
+                    "program": program.name,
+                    "suspension": i,
+                    "snapshot": base64.b64encode(data).decode(),
+                }
             )
     return cases
 
 
 def main() -> None:
-    document = {
+    document: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "python": "{}.{}".format(*sys.version_info[:2]),
         "cases": snapshots(),

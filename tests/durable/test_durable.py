@@ -60,6 +60,7 @@ def test_objects_are_the_native_ones() -> None:
     assert inspect.getcoroutinestate(restored) == inspect.CORO_SUSPENDED
     assert restored.cr_await is not None and inspect.isgenerator(restored.cr_await)
     assert restored.cr_frame.f_locals["name"] == "alice"
+    assert restored.cr_frame is not None and coro.cr_frame is not None
     assert restored.cr_frame.f_lineno == coro.cr_frame.f_lineno
     for obj in (coro, restored):
         obj.close()
@@ -288,7 +289,7 @@ def test_write_and_read_keep_reference_counts_exact() -> None:
         yield here
         yield here
 
-    gen = keeps(marker)
+    gen: Any = keeps(marker)
     next(gen)
     from dispatch.experimental.durable import _frame
     from dispatch.experimental.durable._snapshot import reduce_generator

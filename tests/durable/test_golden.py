@@ -46,7 +46,9 @@ def test_golden_snapshots_resume() -> None:
 
 
 def test_snapshots_are_byte_identical_to_the_golden_ones() -> None:
-    recorded = {(c["program"], c["suspension"]): c["snapshot"] for c in load(sys.version_info[:2])["cases"]}
+    recorded = {
+        (c["program"], c["suspension"]): c["snapshot"] for c in load(sys.version_info[:2])["cases"]
+    }
     for case in snapshots():
         key = (case["program"], case["suspension"])
         assert case["snapshot"] == recorded[key], (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-COUNTER = '''
+COUNTER = """
 import types
 from dispatch.experimental.durable import durable
 
@@ -29,7 +29,7 @@ async def counter(n):
     for i in range(n):
         total = total + await suspend(i) + 1
     return total
-'''
+"""
 
 SNAPSHOT = """
 import pickle, sys, {module} as m
@@ -80,7 +80,9 @@ def test_resumes_after_the_function_moves_within_its_file(tmp_path: Path) -> Non
     write(tmp_path, "moving", COUNTER)
     data = snapshot(tmp_path, "moving", "counter(3)")
     # Lines added above, another function in front: line numbers all change.
-    write(tmp_path, "moving", "\n\n\nimport os\n\n\ndef unrelated():\n    return os.sep\n" + COUNTER)
+    write(
+        tmp_path, "moving", "\n\n\nimport os\n\n\ndef unrelated():\n    return os.sep\n" + COUNTER
+    )
     assert python(RESUME, tmp_path, data).strip() == b"63"
 
 

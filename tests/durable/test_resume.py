@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from durable_programs import PROGRAMS, Boom, Program, run, run_to, step
+from durable_programs import PROGRAMS, Boom, Program, run, run_to
 
 from dispatch.experimental.durable import dumps, loads
 
@@ -29,7 +29,8 @@ def suspension_count(program: Program) -> int:
 
 
 def as_json(trace: list[Any]) -> list[Any]:
-    return json.loads(json.dumps(trace))
+    result: list[Any] = json.loads(json.dumps(trace))
+    return result
 
 
 @pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.name)
@@ -80,7 +81,8 @@ def test_throw_into_restored_frame(program: Program) -> None:
         original = program.start()
         run_to(original, i)
         restored = pickle.loads(pickle.dumps(original, protocol=5))
-        expected, got = [], []
+        expected: list[Any] = []
+        got: list[Any] = []
         for obj, trace in ((original, expected), (restored, got)):
             try:
                 trace.append(("yield", repr(obj.throw(Boom("thrown")))))

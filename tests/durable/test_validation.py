@@ -19,10 +19,11 @@ from dispatch.experimental.durable import (
     IncompatibleStateError,
     InvalidStateError,
     SnapshotError,
+    _pickling,
+    _snapshot,
     dumps,
     loads,
 )
-from dispatch.experimental.durable import _pickling, _snapshot
 
 HERE = Path(__file__).parent
 
@@ -84,7 +85,9 @@ def test_forged_null_and_types_are_rejected() -> None:
     def int_for_iterator(state: tuple[Any, ...]) -> tuple[Any, ...]:
         return (state[0], *state[1:7], 42, *state[8:])
 
-    with pytest.raises(InvalidStateError, match="value-stack slot 0 must hold an iterator, not int"):
+    with pytest.raises(
+        InvalidStateError, match="value-stack slot 0 must hold an iterator, not int"
+    ):
         loads(forge(obj, int_for_iterator))
 
     def unbound_local(state: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -28,4 +28,4 @@ __all__ = [
 ]
 
 # Give the functions that snapshots refer to their short, stable names.
-from ... import _p  # noqa: E402, F401
+from ... import _p  # noqa: F401

@@ -410,4 +410,3 @@ def analyze(code: CodeType) -> Layout:
         iterator_locals=tuple(i for i, n in enumerate(names) if n == ".0"),
         handlers=handlers,
     )
-

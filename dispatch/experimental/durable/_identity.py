@@ -24,7 +24,9 @@ from typing import Any
 
 from ._errors import IncompatibleStateError, UnpicklableStateError
 
-_GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200  # GENERATOR, COROUTINE, ITERABLE_COROUTINE, ASYNC_GENERATOR
+_GENERATOR_FLAGS = (
+    0x20 | 0x80 | 0x100 | 0x200
+)  # GENERATOR, COROUTINE, ITERABLE_COROUTINE, ASYNC_GENERATOR
 
 
 def _encode(value: object, out: bytearray) -> None:
@@ -57,8 +59,8 @@ def _encode(value: object, out: bytearray) -> None:
             _encode(item, part)
             parts.append(bytes(part))
         out += b"Z" + struct.pack("<I", len(parts))
-        for part in sorted(parts):
-            out += part
+        for encoded in sorted(parts):
+            out += encoded
     else:  # pragma: no cover - the compiler emits no other constants
         out += b"?" + repr(value).encode()
 
@@ -147,10 +149,24 @@ class CodeRef:
     memo writes it once per pickle however many frames run that code.
     """
 
-    __slots__ = ("blank_args", "blank_kwargs", "code", "fingerprint", "function", "module", "path", "qualname")
+    __slots__ = (
+        "blank_args",
+        "blank_kwargs",
+        "code",
+        "fingerprint",
+        "function",
+        "module",
+        "path",
+        "qualname",
+    )
 
     def __init__(
-        self, module: str, qualname: str, path: tuple[int, ...], code: CodeType, function: FunctionType
+        self,
+        module: str,
+        qualname: str,
+        path: tuple[int, ...],
+        code: CodeType,
+        function: FunctionType,
     ) -> None:
         # Interned, so every reference to a module shares one string object
         # and pickle's memo writes it once, whoever created the reference.
@@ -187,9 +203,7 @@ def code_ref(code: CodeType, function: object, module: str | None) -> CodeRef:
     if ref is not None and ref.code is code:
         return ref
     if module is None:
-        raise UnpicklableStateError(
-            f"cannot snapshot {describe(code)}: its module is unknown"
-        )
+        raise UnpicklableStateError(f"cannot snapshot {describe(code)}: its module is unknown")
     qualname = code.co_qualname
     root_name = qualname.split(".<locals>.", 1)[0]
     try:

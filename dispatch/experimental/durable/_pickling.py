@@ -167,7 +167,7 @@ def _rebuild_exception(
 ) -> BaseException:
     exc: BaseException = reduced[0](*reduced[1])
     if len(reduced) > 2 and reduced[2]:
-        exc.__setstate__(reduced[2])  # type: ignore[attr-defined]
+        exc.__setstate__(reduced[2])
     exc.__cause__ = cause
     exc.__context__ = context
     exc.__suppress_context__ = suppress
@@ -349,7 +349,7 @@ def load_snapshot(data: bytes) -> Any:
     return loads(data)
 
 
-def _reduce_for_stdlib(gen: GeneratorLike) -> tuple[Any, ...]:
+def _reduce_for_stdlib(gen: Any) -> tuple[Any, ...]:
     if not is_durable(gen):
         raise TypeError(f"cannot pickle {type(gen).__name__!r} object")
     return (load_snapshot, (dumps(gen),))

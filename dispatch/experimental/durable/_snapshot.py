@@ -11,6 +11,7 @@ Every snapshot is validated against the code it is restored into (see
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -155,7 +156,9 @@ def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
     if ref.path:
         if len(closure) != 1:
             raise InvalidStateError(f"{ref!r} needs its closure")
-        function = FunctionType(ref.code, ref.function.__globals__, ref.code.co_name, None, closure[0])
+        function = FunctionType(
+            ref.code, ref.function.__globals__, ref.code.co_name, None, closure[0]
+        )
     else:
         function = ref.function
     gen: GeneratorLike = function(*ref.blank_args, **ref.blank_kwargs)
@@ -166,23 +169,22 @@ def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
 
 def restore_finished(kind: int, name: str, qualname: str) -> GeneratorLike:
     """A finished generator-like object: its frame is gone, only its names remain."""
+    gen: Any
     if kind == 0:
-        gen: GeneratorLike = _finished_generator()
+        gen = _finished_generator()
         gen.close()
     elif kind == 1:
         gen = _finished_coroutine()
         gen.close()
     elif kind == 2:
         gen = _finished_async_generator()
-        try:
+        with contextlib.suppress(StopIteration):
             gen.aclose().send(None)
-        except StopIteration:
-            pass
     else:
         raise InvalidStateError(f"unknown generator kind {kind!r}")
     gen.__name__ = name
     gen.__qualname__ = qualname
-    return gen
+    return gen  # type: ignore[no-any-return]
 
 
 def _finished_generator() -> Iterator[None]:
@@ -240,6 +242,7 @@ def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
     nfixed = layout.nfixed
     depth = len(slots) - nfixed
     lasti, mode = packed >> 2, packed & 1
+    requirements: tuple[tuple[int, int, frozenset[int]], ...]
     if mode == _CREATED:
         if depth != 0 or exc is not None:
             raise InvalidStateError(f"{name}: a frame that has not started has no stack")
@@ -249,8 +252,7 @@ def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
         site = layout.sites.get(lasti)
         if site is None:
             raise InvalidStateError(
-                f"{name}: instruction offset {lasti * 2} is not a point where it can be "
-                f"suspended"
+                f"{name}: instruction offset {lasti * 2} is not a point where it can be suspended"
             )
         if depth != site.depth:
             raise InvalidStateError(
