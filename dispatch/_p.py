@@ -1,9 +1,14 @@
-"""Short, stable names for the functions that snapshots call when they are loaded.
+"""The functions that snapshots call when they are loaded, under stable names.
 
-A pickle names each function it calls by module and qualified name; these
-are the names written into every snapshot, kept short because they appear in
-each one. Renaming or removing any of them breaks existing snapshots: that
-is a new ``FORMAT_VERSION``.
+A snapshot names one function here in full, ``h``; every other function it
+calls is ``h(index)``, written once per snapshot and shared through pickle's
+memo. That keeps snapshots small and their loading fast: each name a pickle
+spells out costs bytes, and a trip through the import system on load. Only
+``l``, which the standard pickler writes around a payload, is also named in
+full, so that loading it imports this module in a fresh interpreter.
+
+Renaming, removing or reordering anything here breaks existing snapshots:
+that is a new ``FORMAT_VERSION``.
 """
 
 from collections.abc import Callable
@@ -11,24 +16,31 @@ from typing import Any
 
 from .experimental.durable import _identity, _pickling, _snapshot
 
+CALLED_BY_INDEX: tuple[Callable[..., Any], ...] = (
+    _snapshot.new_generator,
+    _snapshot.restore_frame,
+    _snapshot.restore_finished,
+    _identity.load_ref,
+    _pickling._make_cell,
+    _pickling._fill_cell,
+    _pickling._make_function,
+    _pickling._await,
+    _pickling._asend,
+    _pickling._rebuild_exception,
+    _pickling._sequence_iterator,
+    _pickling._range_iterator,
+    _pickling._no_traceback,
+)
 
-def _export(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-    function.__module__ = __name__
-    function.__qualname__ = function.__name__ = name
-    return function
+
+def h(index: int) -> Callable[..., Any]:
+    """The function a snapshot calls by ``index``."""
+    return CALLED_BY_INDEX[index]
 
 
-g = _export("g", _snapshot.new_generator)
-s = _export("s", _snapshot.restore_frame)
-f = _export("f", _snapshot.restore_finished)
-r = _export("r", _identity.load_ref)
-c = _export("c", _pickling._make_cell)
-cs = _export("cs", _pickling._fill_cell)
-fn = _export("fn", _pickling._make_function)
-aw = _export("aw", _pickling._await)
-ag = _export("ag", _pickling._asend)
-x = _export("x", _pickling._rebuild_exception)
-i = _export("i", _pickling._sequence_iterator)
-ri = _export("ri", _pickling._range_iterator)
-l = _export("l", _pickling.load_snapshot)  # noqa: E741
-nt = _export("nt", _pickling._no_traceback)
+l = _pickling.load_snapshot  # noqa: E741
+l.__module__, l.__qualname__, l.__name__ = __name__, "l", "l"
+
+_pickling.prepared.update(
+    {function: (h, (index,)) for index, function in enumerate(CALLED_BY_INDEX)}
+)

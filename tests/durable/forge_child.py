@@ -30,7 +30,14 @@ from dispatch.experimental.durable import SnapshotError, dumps, loads
 from dispatch.experimental.durable._snapshot import generator_code
 
 State = tuple[Any, ...]
-real_restore = dispatch._p.s
+real_restore = dispatch._p.CALLED_BY_INDEX[1]
+
+
+def patch_restore(restore: Callable[[Any, State], None]) -> None:
+    """Make snapshots call ``restore`` to write frames (h(1) in dispatch._p)."""
+    table = list(dispatch._p.CALLED_BY_INDEX)
+    table[1] = restore
+    dispatch._p.CALLED_BY_INDEX = tuple(table)
 
 
 def decode(state: State) -> tuple[int, int, int, Any, list[Any]]:
@@ -99,11 +106,11 @@ def frames_in(data: bytes) -> list[tuple[Any, State]]:
         seen.append((gen, state))
         real_restore(gen, state)
 
-    dispatch._p.s = spy
+    patch_restore(spy)
     try:
         loads(data)
     finally:
-        dispatch._p.s = real_restore
+        patch_restore(real_restore)
     return seen
 
 
@@ -156,11 +163,11 @@ def main(name: str) -> None:
             for label, forged in forgeries(gen, state):
 
                 def load(target: int = target, forged: State = forged, data: bytes = data) -> Any:
-                    dispatch._p.s = forging(target, forged)
+                    patch_restore(forging(target, forged))
                     try:
                         return loads(data)
                     finally:
-                        dispatch._p.s = real_restore
+                        patch_restore(real_restore)
 
                 accepted = attempt(f"{suspension}/{target}: {label}", load, value)
                 counts["ran" if accepted else "rejected"] += 1

@@ -138,7 +138,7 @@ mask_get(PyObject *mask, unsigned long long small, int is_small, Py_ssize_t i)
 }
 
 PyDoc_STRVAR(read_doc,
-"read(gen) -> (state, lasti, slots, nullmask, exc_value, function)\n\n"
+"read(gen) -> (state, lasti, slots, nullmask, exc_value, function, code)\n\n"
 "Read the frame of a generator, coroutine or async generator. `slots` are\n"
 "the local, cell and value-stack slots in frame order, free-variable slots\n"
 "left out; a NULL slot reads as None with its bit set in `nullmask`.\n"
@@ -154,7 +154,7 @@ frame_read(PyObject *module, PyObject *obj)
     }
     int state = gen->gi_frame_state;
     if (state >= FRAME_EXECUTING) {
-        return Py_BuildValue("(ii()iOO)", state, -1, 0, Py_None, Py_None);
+        return Py_BuildValue("(ii()iOOO)", state, -1, 0, Py_None, Py_None, Py_None);
     }
     _PyInterpreterFrame *frame = generator_frame(gen);
     PyCodeObject *code = FRAME_CODE(frame);
@@ -191,8 +191,8 @@ frame_read(PyObject *module, PyObject *obj)
     PyObject *exc = gen->gi_exc_state.exc_value;
     PyObject *func = FRAME_FUNC(frame);
     PyObject *result = Py_BuildValue(
-        "(iiNNOO)", state, _PyInterpreterFrame_LASTI(frame), slots, mask,
-        exc ? exc : Py_None, func ? func : Py_None);
+        "(iiNNOOO)", state, _PyInterpreterFrame_LASTI(frame), slots, mask,
+        exc ? exc : Py_None, func ? func : Py_None, (PyObject *)code);
     return result;
 }
 
@@ -390,7 +390,57 @@ frame_is_iterator(PyObject *module, PyObject *obj)
     return PyBool_FromLong(PyIter_Check(obj));
 }
 
+PyDoc_STRVAR(reduce_dispatch_doc,
+"reduce_dispatch(reducers, reachable, prepared, reduce_exception, obj)\n\n"
+"The body of a Pickler.reducer_override, in C because pickle calls it for\n"
+"every object it meets: call reducers[type(obj)](obj), except for functions\n"
+"with a prepared reduction (returned as is) or known to be reachable by name\n"
+"(NotImplemented: pickle writes them by name); reduce_exception(obj) for\n"
+"exceptions; NotImplemented otherwise.");
+
+static PyObject *
+frame_reduce_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyDict_Check(args[0]) || !PyAnySet_Check(args[1]) ||
+        !PyDict_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "reduce_dispatch(reducers: dict, reachable: set, "
+                        "prepared: dict, reduce_exception, obj)");
+        return NULL;
+    }
+    PyObject *obj = args[4];
+    PyObject *handler = PyDict_GetItemWithError(args[0], (PyObject *)Py_TYPE(obj));
+    if (handler != NULL) {
+        if (PyFunction_Check(obj)) {
+            PyObject *reduced = PyDict_GetItemWithError(args[2], obj);
+            if (reduced != NULL) {
+                return Py_NewRef(reduced);
+            }
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            int known = PySet_Contains(args[1], obj);
+            if (known < 0) {
+                return NULL;
+            }
+            if (known) {
+                Py_RETURN_NOTIMPLEMENTED;
+            }
+        }
+        return PyObject_CallOneArg(handler, obj);
+    }
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(obj)) {
+        return PyObject_CallOneArg(args[3], obj);
+    }
+    Py_RETURN_NOTIMPLEMENTED;
+}
+
 static PyMethodDef frame_methods[] = {
+    {"reduce_dispatch", (PyCFunction)(void (*)(void))frame_reduce_dispatch, METH_FASTCALL,
+     reduce_dispatch_doc},
     {"discard", frame_discard, METH_O, discard_doc},
     {"is_iterator", frame_is_iterator, METH_O, is_iterator_doc},
     {"read", frame_read, METH_O, read_doc},

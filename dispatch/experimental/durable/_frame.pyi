@@ -1,3 +1,4 @@
+from types import CodeType
 from typing import Any
 
 CREATED: int
@@ -8,7 +9,9 @@ COMPLETED: int
 CLEARED: int
 PY_VERSION_HEX: int
 
-def read(gen: object, /) -> tuple[int, int, tuple[Any, ...], int, BaseException | None, Any]: ...
+def read(
+    gen: object, /
+) -> tuple[int, int, tuple[Any, ...], int, BaseException | None, Any, CodeType | None]: ...
 def write(
     gen: object,
     state: int,
@@ -21,3 +24,11 @@ def write(
 def unwrap(obj: object, /) -> tuple[Any, Any, int]: ...
 def discard(gen: object, /) -> None: ...
 def is_iterator(obj: object, /) -> bool: ...
+def reduce_dispatch(
+    reducers: dict[type, Any],
+    reachable: set[Any],
+    prepared: dict[Any, Any],
+    reduce_exception: Any,
+    obj: object,
+    /,
+) -> Any: ...

@@ -15,10 +15,12 @@ changing ``x + 1`` into ``x + 2`` is detected.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import struct
 import sys
+from collections.abc import Callable
 from types import CodeType, FunctionType
 from typing import Any
 
@@ -154,10 +156,12 @@ class CodeRef:
         "blank_kwargs",
         "code",
         "fingerprint",
+        "fresh",
         "function",
         "module",
         "path",
         "qualname",
+        "reduced",
     )
 
     def __init__(
@@ -181,9 +185,13 @@ class CodeRef:
         self.blank_args = (None,) * code.co_argcount
         kwonly = names[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
         self.blank_kwargs: dict[str, Any] = dict.fromkeys(kwonly)
+        #: Makes a fresh generator of this code: the function called with
+        #: placeholder arguments, which only binds them (no body code runs).
+        self.fresh = functools.partial(function, *self.blank_args, **self.blank_kwargs)
+        self.reduced = (load_ref, (self.module, self.qualname, self.path, self.fingerprint))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (load_ref, (self.module, self.qualname, self.path, self.fingerprint))
+        return self.reduced
 
     def __repr__(self) -> str:
         suffix = f" {list(self.path)}" if self.path else ""
@@ -197,11 +205,14 @@ def describe(code: CodeType, module: str | None = None) -> str:
     return f"{module}.{code.co_qualname}" if module else code.co_qualname
 
 
-def code_ref(code: CodeType, function: object, module: str | None) -> CodeRef:
-    """The reference of ``code``, run by ``function`` defined in ``module``."""
+def code_ref(
+    code: CodeType, function: object, module_of: Callable[[object], str | None]
+) -> CodeRef:
+    """The reference of ``code``, run by ``function`` (``module_of`` names its module)."""
     ref = _refs.get(id(code))
     if ref is not None and ref.code is code:
         return ref
+    module = module_of(function)
     if module is None:
         raise UnpicklableStateError(f"cannot snapshot {describe(code)}: its module is unknown")
     qualname = code.co_qualname
@@ -225,8 +236,24 @@ def code_ref(code: CodeType, function: object, module: str | None) -> CodeRef:
     return ref
 
 
+_loaded: dict[tuple[str, str, tuple[int, ...], bytes], tuple[object, CodeRef]] = {}
+
+
 def load_ref(module: str, qualname: str, path: tuple[int, ...], digest: bytes) -> CodeRef:
     """Resolve a reference written by :meth:`CodeRef.__reduce__` in this process."""
+    key = (module, qualname, path, digest)
+    try:
+        loaded = _loaded.get(key)
+    except TypeError:  # unhashable: not something CodeRef.__reduce__ wrote
+        raise IncompatibleStateError(f"malformed code reference {key!r}") from None
+    if loaded is not None and sys.modules.get(module) is loaded[0]:
+        return loaded[1]
+    ref = _resolve(module, qualname, path, digest)
+    _loaded[key] = (sys.modules.get(module), ref)
+    return ref
+
+
+def _resolve(module: str, qualname: str, path: tuple[int, ...], digest: bytes) -> CodeRef:
     root_name = qualname.split(".<locals>.", 1)[0]
     try:
         root = find_function(module, root_name)

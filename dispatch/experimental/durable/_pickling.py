@@ -15,9 +15,13 @@ other generator keeps failing as before.
 from __future__ import annotations
 
 import copyreg
+import functools
 import io
 import pickle
 import sys
+import threading
+from collections.abc import Callable
+from operator import attrgetter
 from types import (
     AsyncGeneratorType,
     CellType,
@@ -34,10 +38,12 @@ from ._errors import IncompatibleStateError, InvalidStateError, SnapshotError, U
 from ._identity import CodeRef, code_ref
 from ._snapshot import (
     GeneratorLike,
+    begin_load,
+    end_load,
     find_culprit,
     is_durable,
+    module_of,
     reduce_generator,
-    tracking_restores,
 )
 
 FORMAT_VERSION = 1
@@ -90,6 +96,14 @@ def _reduce_cell(cell: CellType) -> tuple[Any, ...]:
     return (_make_cell, (), (contents,), None, None, _fill_cell)
 
 
+prepared: dict[Callable[..., Any], tuple[Any, ...]] = {}
+"""Reductions of the functions snapshots call on load, filled by dispatch._p."""
+
+reachable: set[FunctionType] = set()
+"""Functions found reachable by module + name: the pickler writes them by name
+without calling back into Python (see _frame.reduce_dispatch)."""
+
+
 def _is_reachable(function: FunctionType) -> bool:
     """Whether the standard pickler can write ``function`` by module + name."""
     qualname = function.__qualname__
@@ -101,7 +115,10 @@ def _is_reachable(function: FunctionType) -> bool:
             obj = getattr(obj, part)
     except AttributeError:
         return False
-    return obj is function
+    if obj is not function:
+        return False
+    reachable.add(function)
+    return True
 
 
 def _make_function(
@@ -120,8 +137,7 @@ def _make_function(
 def _reduce_function(function: FunctionType) -> Any:
     if function.__module__ is None or _is_reachable(function):
         return NotImplemented
-    code = function.__code__
-    ref = code_ref(code, function, function.__module__)
+    ref = code_ref(function.__code__, function, module_of)
     if not ref.path and ref.function is not function:
         raise UnpicklableStateError(
             f"cannot snapshot function {function.__module__}.{function.__qualname__}: it is a "
@@ -233,21 +249,28 @@ _REDUCERS: dict[type, Any] = {
 }
 
 
+def _refuse_code(code: CodeType) -> Any:
+    raise UnpicklableStateError(f"code objects are not snapshotted by value ({code.co_qualname})")
+
+
+_REDUCERS.update(
+    {
+        GeneratorType: reduce_generator,
+        CoroutineType: reduce_generator,
+        AsyncGeneratorType: reduce_generator,
+        CodeRef: attrgetter("reduced"),
+        CodeType: _refuse_code,
+    }
+)
+
+
 class Pickler(pickle.Pickler):
     """A pickler that snapshots the frames of generator-like objects it meets."""
 
-    def reducer_override(self, obj: Any) -> Any:
-        kind = type(obj)
-        if kind in _GENERATOR_TYPES:
-            return reduce_generator(obj)
-        reducer = _REDUCERS.get(kind)
-        if reducer is not None:
-            return reducer(obj)
-        if kind is CodeType:
-            raise UnpicklableStateError("code objects are not snapshotted by value")
-        if issubclass(kind, BaseException):
-            return _reduce_exception(obj)
-        return NotImplemented
+    # Called for every object pickled: dispatched in C, with the reducers above.
+    reducer_override = staticmethod(
+        functools.partial(_frame.reduce_dispatch, _REDUCERS, reachable, prepared, _reduce_exception)
+    )
 
 
 class _NullSink:
@@ -285,26 +308,72 @@ def _diagnose(obj: object, error: Exception) -> UnpicklableStateError:
     return UnpicklableStateError(culprit)
 
 
+class _Writer:
+    """A pickler and its buffer, reused: making a pickler costs as much as
+    pickling a small snapshot."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        self.pickler = Pickler(self.buffer, 5)
+
+    def dump(self, obj: object) -> bytes:
+        """The snapshot of ``obj``: header, then the pickle without PROTO and
+        a FRAME spanning the rest (optional opcodes, 11 bytes that a snapshot
+        of a few hundred bytes does without)."""
+        buffer = self.buffer
+        buffer.seek(0)
+        buffer.truncate()
+        try:
+            self.pickler.dump(obj)
+        finally:
+            self.pickler.clear_memo()  # keeps no reference to what it pickled
+        with buffer.getbuffer() as data:
+            start = 2
+            if data[2] == _FRAME and int.from_bytes(data[3:11], "little") == len(data) - 11:
+                start = 11
+            return _HEADER + data[start:]
+
+
+class _Writers(threading.local):
+    def __init__(self) -> None:
+        # A stack, so a dumps() called while pickling (from some __reduce__)
+        # takes its own writer.
+        self.idle: list[_Writer] = []
+
+
+_writers = _Writers()
+
+
 def dumps(obj: object) -> bytes:
     """Serialize ``obj``, snapshotting every generator or coroutine frame it holds.
 
     Raises :class:`UnpicklableStateError` naming the function and the local
     variable or stack slot that holds something that cannot be serialized.
     """
-    buffer = io.BytesIO()
+    writer = _writers.idle.pop() if _writers.idle else _Writer()
     try:
-        Pickler(buffer, 5).dump(obj)
+        return writer.dump(obj)
     except RecursionError:
         raise
     except Exception as error:
         raise _diagnose(obj, error) from error
-    data = buffer.getbuffer()
-    # PROTO and a single FRAME spanning the rest are optional: 11 bytes that a
-    # snapshot of a few hundred bytes does without.
-    start = 2
-    if data[2] == _FRAME and int.from_bytes(data[3:11], "little") == len(data) - 11:
-        start = 11
-    return _HEADER + data[start:]
+    finally:
+        _writers.idle.append(writer)
+
+
+def _header_error(view: memoryview) -> SnapshotError:
+    if len(view) < len(_HEADER) or view[0] != _MAGIC[0]:
+        return InvalidStateError("not a dispatch snapshot")
+    version, python = view[1], (view[2], view[3])
+    if version != FORMAT_VERSION:
+        return IncompatibleStateError(
+            f"snapshot format {version} cannot be read by this version, which reads "
+            f"format {FORMAT_VERSION}"
+        )
+    return IncompatibleStateError(
+        f"snapshot taken on Python {python[0]}.{python[1]} cannot resume on Python "
+        f"{PYTHON_VERSION[0]}.{PYTHON_VERSION[1]}"
+    )
 
 
 def loads(data: bytes) -> Any:
@@ -315,33 +384,24 @@ def loads(data: bytes) -> Any:
     :class:`InvalidStateError` if it is truncated, corrupt or forged.
     """
     view = memoryview(data)
-    if len(view) < len(_HEADER) or bytes(view[:1]) != _MAGIC:
-        raise InvalidStateError("not a dispatch snapshot")
-    version = view[1]
-    python = (view[2], view[3])
-    if version != FORMAT_VERSION:
-        raise IncompatibleStateError(
-            f"snapshot format {version} cannot be read by this version, which reads "
-            f"format {FORMAT_VERSION}"
-        )
-    if python != PYTHON_VERSION:
-        raise IncompatibleStateError(
-            f"snapshot taken on Python {python[0]}.{python[1]} cannot resume on Python "
-            f"{PYTHON_VERSION[0]}.{PYTHON_VERSION[1]}"
-        )
+    if view[: len(_HEADER)] != _HEADER:
+        raise _header_error(view)
+    begin_load()
     try:
-        with tracking_restores():
-            return pickle.loads(view[len(_HEADER) :])
-    except SnapshotError:
-        raise
-    except (ImportError, AttributeError) as error:
-        raise IncompatibleStateError(
-            f"the snapshot refers to something this process does not define: {error}"
-        ) from error
-    except Exception as error:
+        obj = pickle.loads(view[len(_HEADER) :])
+    except BaseException as error:
+        end_load(failed=True)
+        if isinstance(error, SnapshotError) or not isinstance(error, Exception):
+            raise
+        if isinstance(error, (ImportError, AttributeError)):
+            raise IncompatibleStateError(
+                f"the snapshot refers to something this process does not define: {error}"
+            ) from error
         raise InvalidStateError(
             f"truncated or corrupt snapshot ({type(error).__name__}: {error})"
         ) from error
+    end_load(failed=False)
+    return obj
 
 
 def load_snapshot(data: bytes) -> Any:

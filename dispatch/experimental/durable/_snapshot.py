@@ -15,6 +15,7 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 from types import (
     AsyncGeneratorType,
     ClassMethodDescriptorType,
@@ -25,7 +26,7 @@ from types import (
     MethodDescriptorType,
     WrapperDescriptorType,
 )
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from . import _frame
 from ._analysis import (
@@ -38,6 +39,7 @@ from ._analysis import (
     METHOD_SELF,
     SET,
     Layout,
+    Site,
     analyze,
 )
 from ._errors import InvalidStateError, UnpicklableStateError
@@ -58,12 +60,15 @@ _DELEGATING_STATE = _frame.SUSPENDED_YIELD_FROM
 _METHOD_DESCRIPTORS = (MethodDescriptorType, WrapperDescriptorType, ClassMethodDescriptorType)
 
 
+_CODE_OF: dict[type, Callable[[Any], CodeType]] = {
+    GeneratorType: attrgetter("gi_code"),
+    CoroutineType: attrgetter("cr_code"),
+    AsyncGeneratorType: attrgetter("ag_code"),
+}
+
+
 def generator_code(gen: GeneratorLike) -> CodeType:
-    if isinstance(gen, GeneratorType):
-        return gen.gi_code
-    if isinstance(gen, CoroutineType):
-        return gen.cr_code
-    return gen.ag_code
+    return _CODE_OF[type(gen)](gen)
 
 
 def kind_name(gen: object) -> str:
@@ -73,18 +78,52 @@ def kind_name(gen: object) -> str:
     return type(gen).__name__
 
 
-_layouts: dict[int, Layout] = {}
+class Plan(NamedTuple):
+    """How to validate and write a frame state for one code and resume point."""
+
+    layout: Layout
+    site: Site | None
+    """None for a frame that has not started yet."""
+    nslots: int
+    raw_state: int
+    bound: int
+    nullable: int
+    requirements: tuple[tuple[int, int, frozenset[int]], ...]
 
 
-def layout_of(code: CodeType) -> Layout:
-    cached = _layouts.get(id(code))
-    if cached is None or cached.code is not code:
-        cached = analyze(code)
-        _layouts[id(code)] = cached
+_plans: dict[int, tuple[CodeType, Layout, dict[int, Plan]]] = {}
+
+
+def _plans_of(code: CodeType) -> tuple[CodeType, Layout, dict[int, Plan]]:
+    cached = _plans.get(id(code))
+    if cached is None or cached[0] is not code:
+        layout = analyze(code)
+        # Keyed by the packed state without its _EXTRA bit: lasti << 2 | mode.
+        plans = {
+            _CREATED: Plan(layout, None, layout.nfixed, _frame.CREATED, layout.created_bound, 0, ())
+        }
+        for lasti, site in layout.sites.items():
+            raw_state = _DELEGATING_STATE if site.delegating else _frame.SUSPENDED
+            plans[lasti << 2 | _SUSPENDED] = Plan(
+                layout,
+                site,
+                layout.nfixed + site.depth,
+                raw_state,
+                site.bound,
+                site.nullable,
+                site.requirements,
+            )
+        cached = (code, layout, plans)
+        _plans[id(code)] = cached
     return cached
 
 
-def _module_of(function: object) -> str | None:
+def layout_of(code: CodeType) -> Layout:
+    return _plans_of(code)[1]
+
+
+def module_of(function: object) -> str | None:
+    """The module a function was defined in, for naming its code."""
     module = getattr(function, "__module__", None)
     if isinstance(module, str):
         return module
@@ -95,63 +134,62 @@ def _module_of(function: object) -> str | None:
 
 def reduce_generator(gen: GeneratorLike) -> tuple[Any, ...]:
     """The pickle reduction of a generator-like object (see module docstring)."""
-    state, lasti, slots, nullmask, exc, function = _frame.read(gen)
+    state, lasti, slots, nullmask, exc, function, code = _frame.read(gen)
+    if state < _frame.EXECUTING:
+        assert code is not None
+        ref = code_ref(code, function, module_of)
+        if state == _frame.CREATED:
+            lasti, mode = 0, _CREATED
+        else:
+            mode = _SUSPENDED
+        # Flat, to keep small snapshots small: (lasti|extra|mode, [nullmask, exc,] *slots)
+        if nullmask or exc is not None:
+            frame_state = (lasti << 2 | _EXTRA | mode, nullmask, exc, *slots)
+        else:
+            frame_state = (lasti << 2 | mode, *slots)
+        args = (ref, function.__closure__) if ref.path else (ref,)
+        return (new_generator, args, frame_state, None, None, restore_frame)
     if state == _frame.EXECUTING:
         raise UnpicklableStateError(
             f"cannot snapshot {kind_name(gen)} {gen.__qualname__} while it is running"
         )
-    if state >= _frame.COMPLETED:
-        return (restore_finished, (_KINDS.index(type(gen)), gen.__name__, gen.__qualname__))
-    code = generator_code(gen)
-    ref = code_ref(code, gen, _module_of(function))
-    mode = _CREATED if state == _frame.CREATED else _SUSPENDED
-    # Flat, to keep small snapshots small: (lasti|extra|mode, [nullmask, exc,] *slots)
-    if nullmask or exc is not None:
-        frame_state = (lasti << 2 | _EXTRA | mode, nullmask, exc, *slots)
-    else:
-        frame_state = (lasti << 2 | mode, *slots)
-    args = (ref, function.__closure__) if ref.path else (ref,)
-    return (new_generator, args, frame_state, None, None, restore_frame)
+    return (restore_finished, (_KINDS.index(type(gen)), gen.__name__, gen.__qualname__))
 
 
-class _Load:
-    """The frames made by one load, and how many of them were restored."""
+class _Loads(threading.local):
+    """The loads in progress in this thread: the frames each made, and how
+    many of those it restored (only a forged snapshot makes one it does not)."""
 
     def __init__(self) -> None:
-        self.created: list[GeneratorLike] = []
-        self.restored = 0
+        self.created: list[list[GeneratorLike]] = []
+        self.restored: list[int] = []
 
 
-class _LoadTracker(threading.local):
-    def __init__(self) -> None:
-        self.loads: list[_Load] = []
+_loads = _Loads()
 
 
-_tracker = _LoadTracker()
+def begin_load() -> None:
+    _loads.created.append([])
+    _loads.restored.append(0)
 
 
-class tracking_restores:
-    """Context of one load. If it fails, or leaves a frame made but never
-    written (only a forged snapshot can), every frame it made is discarded
-    without running any of its code: no ``finally`` block of a snapshot that
-    was never resumed runs, and no "never awaited" warning is issued."""
-
-    def __enter__(self) -> None:
-        _tracker.loads.append(_Load())
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        load = _tracker.loads.pop()
-        if exc_type is None and load.restored == len(load.created):
-            return
-        for gen in load.created:
-            _frame.discard(gen)
-        if exc_type is None:
-            raise InvalidStateError("the snapshot makes frames it never restores")
+def end_load(failed: bool) -> None:
+    """Close the current load; on failure, discard every frame it made without
+    running any of its code (no ``finally`` block of a snapshot that was never
+    resumed runs, and no "never awaited" warning is issued)."""
+    created = _loads.created.pop()
+    restored = _loads.restored.pop()
+    if not failed and restored == len(created):
+        return
+    for gen in created:
+        _frame.discard(gen)
+    if not failed:
+        raise InvalidStateError("the snapshot makes frames it never restores")
 
 
 def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
     """Make a fresh generator of ``ref``'s code; its frame is written by restore_frame."""
-    if not isinstance(ref, CodeRef):
+    if type(ref) is not CodeRef:
         raise InvalidStateError(f"expected a code reference, got {type(ref).__name__}")
     if ref.path:
         if len(closure) != 1:
@@ -159,11 +197,12 @@ def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
         function = FunctionType(
             ref.code, ref.function.__globals__, ref.code.co_name, None, closure[0]
         )
+        gen: GeneratorLike = function(*ref.blank_args, **ref.blank_kwargs)
     else:
-        function = ref.function
-    gen: GeneratorLike = function(*ref.blank_args, **ref.blank_kwargs)
-    if _tracker.loads:
-        _tracker.loads[-1].created.append(gen)
+        gen = ref.fresh()
+    created = _loads.created
+    if created:
+        created[-1].append(gen)
     return gen
 
 
@@ -205,7 +244,7 @@ def _slot_name(layout: Layout, index: int) -> str:
     return f"value-stack slot {index - layout.nfixed}"
 
 
-def _type_error(layout: Layout, index: int, flags: int, value: object) -> str | None:
+def _type_error(flags: int, value: object) -> str | None:
     """Why ``value`` cannot sit in a slot that the code uses as ``flags`` says."""
     kind = type(value)
     if flags & ITERATOR and not _frame.is_iterator(value):
@@ -223,103 +262,122 @@ def _type_error(layout: Layout, index: int, flags: int, value: object) -> str | 
     return None
 
 
+def _invalid(gen: GeneratorLike, message: str) -> InvalidStateError:
+    return InvalidStateError(f"{describe(generator_code(gen))}: {message}")
+
+
 def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
     """Validate ``state`` against the code of ``gen`` (fresh) and write it in."""
-    code = generator_code(gen)
-    name = describe(code)
     packed = state[0] if type(state) is tuple and state else None
     if type(packed) is not int or packed < 0:
-        raise InvalidStateError(f"malformed frame state for {name}")
+        raise _invalid(gen, "malformed frame state")
     if packed & _EXTRA:
         if len(state) < 3 or type(state[1]) is not int or state[1] < 0:
-            raise InvalidStateError(f"malformed frame state for {name}")
+            raise _invalid(gen, "malformed frame state")
         nullmask, exc, slots = state[1], state[2], state[3:]
+        if exc is not None and not issubclass(type(exc), BaseException):
+            raise _invalid(gen, "the exception being handled is not an exception")
     else:
         nullmask, exc, slots = 0, None, state[1:]
-    if exc is not None and not issubclass(type(exc), BaseException):
-        raise InvalidStateError(f"{name}: the exception being handled is not an exception")
-    layout = layout_of(code)
+    code = _CODE_OF[type(gen)](gen)
+    cached = _plans.get(id(code))
+    plans = cached[2] if cached is not None and cached[0] is code else _plans_of(code)[2]
+    plan = plans.get(packed & ~_EXTRA)
+    if plan is None:
+        if packed & 1 == _CREATED:
+            raise _invalid(gen, "a frame that has not started is at its first instruction")
+        raise _invalid(
+            gen, f"instruction offset {(packed >> 2) * 2} is not a point where it can be suspended"
+        )
+    if len(slots) != plan.nslots:
+        layout = plan.layout
+        raise _invalid(
+            gen,
+            f"{len(slots) - layout.nfixed} values on the stack where the code has "
+            f"{plan.nslots - layout.nfixed}",
+        )
+    if plan.site is None and exc is not None:
+        raise _invalid(gen, "a frame that has not started handles no exception")
+    if nullmask:
+        _check_nulls(gen, plan.layout, slots, nullmask, plan.bound, plan.nullable)
+    if plan.requirements:
+        _check_types(gen, plan.layout, slots, nullmask, plan.requirements)
+    for index in plan.layout.iterator_locals:
+        if not nullmask >> index & 1 and not _frame.is_iterator(slots[index]):
+            raise _invalid(gen, f"{_slot_name(plan.layout, index)} must be an iterator")
+    try:
+        _frame.write(gen, plan.raw_state, packed >> 2, slots, nullmask, exc)
+    except (TypeError, ValueError) as error:
+        raise _invalid(gen, str(error)) from None
+    restored = _loads.restored
+    if restored:
+        restored[-1] += 1
+
+
+def _check_nulls(
+    gen: GeneratorLike,
+    layout: Layout,
+    slots: tuple[Any, ...],
+    nullmask: int,
+    bound: int,
+    nullable: int,
+) -> None:
     nfixed = layout.nfixed
-    depth = len(slots) - nfixed
-    lasti, mode = packed >> 2, packed & 1
-    requirements: tuple[tuple[int, int, frozenset[int]], ...]
-    if mode == _CREATED:
-        if depth != 0 or exc is not None:
-            raise InvalidStateError(f"{name}: a frame that has not started has no stack")
-        bound, nullable, requirements = layout.created_bound, 0, ()
-        raw_state = _frame.CREATED
-    else:
-        site = layout.sites.get(lasti)
-        if site is None:
-            raise InvalidStateError(
-                f"{name}: instruction offset {lasti * 2} is not a point where it can be suspended"
-            )
-        if depth != site.depth:
-            raise InvalidStateError(
-                f"{name}: {depth} values on the stack where the code has {site.depth}"
-            )
-        bound, nullable, requirements = site.bound, site.nullable, site.requirements
-        raw_state = _DELEGATING_STATE if site.delegating else _frame.SUSPENDED
     if nullmask >> len(slots):
-        raise InvalidStateError(f"{name}: NULL mask names slots past the end")
+        raise _invalid(gen, "NULL mask names slots past the end")
     unbound = nullmask & bound & ((1 << nfixed) - 1)
     if unbound:
         index = unbound.bit_length() - 1
-        raise InvalidStateError(
-            f"{name}: {_slot_name(layout, index)} is unbound but the code reads it"
-        )
+        raise _invalid(gen, f"{_slot_name(layout, index)} is unbound but the code reads it")
     stray = (nullmask >> nfixed) & ~nullable
     if stray:
         index = nfixed + stray.bit_length() - 1
-        raise InvalidStateError(f"{name}: {_slot_name(layout, index)} may not be NULL")
+        raise _invalid(gen, f"{_slot_name(layout, index)} may not be NULL")
+
+
+def _check_types(
+    gen: GeneratorLike,
+    layout: Layout,
+    slots: tuple[Any, ...],
+    nullmask: int,
+    requirements: tuple[tuple[int, int, frozenset[int]], ...],
+) -> None:
+    nfixed = layout.nfixed
     for position, flags, entries in requirements:
         index = nfixed + position
         if nullmask >> index & 1:
             if flags & METHOD_SELF and type(slots[index - 1]) in _METHOD_DESCRIPTORS:
-                raise InvalidStateError(
-                    f"{name}: {_slot_name(layout, index)} may not be NULL under a method"
-                )
+                raise _invalid(gen, f"{_slot_name(layout, index)} may not be NULL under a method")
             continue
         value = slots[index]
-        if flags & LASTI:
-            valid = type(value) is int and any(
-                layout.handlers[e].start <= value < layout.handlers[e].end for e in entries
+        if flags & LASTI and not (
+            type(value) is int
+            and any(layout.handlers[e].start <= value < layout.handlers[e].end for e in entries)
+        ):
+            raise _invalid(
+                gen,
+                f"{_slot_name(layout, index)} must be an instruction offset covered by its "
+                f"exception handler",
             )
-            if not valid:
-                raise InvalidStateError(
-                    f"{name}: {_slot_name(layout, index)} must be an instruction offset "
-                    f"covered by its exception handler"
-                )
-        expected = _type_error(layout, index, flags, value)
+        expected = _type_error(flags, value)
         if expected is not None:
-            raise InvalidStateError(
-                f"{name}: {_slot_name(layout, index)} must hold {expected}, not "
-                f"{type(value).__name__}"
+            raise _invalid(
+                gen, f"{_slot_name(layout, index)} must hold {expected}, not {type(value).__name__}"
             )
-    for index in layout.iterator_locals:
-        if not nullmask >> index & 1 and not _frame.is_iterator(slots[index]):
-            raise InvalidStateError(f"{name}: {_slot_name(layout, index)} must be an iterator")
-    try:
-        _frame.write(gen, raw_state, lasti, slots, nullmask, exc)
-    except (TypeError, ValueError) as error:
-        raise InvalidStateError(f"{name}: {error}") from None
-    if _tracker.loads:
-        _tracker.loads[-1].restored += 1
 
 
 def frame_slots(gen: GeneratorLike) -> Iterator[tuple[str, object]]:
     """(description, value) of everything a snapshot of ``gen`` would hold."""
-    state, _, slots, nullmask, exc, function = _frame.read(gen)
-    if state >= _frame.EXECUTING:
+    state, _, slots, nullmask, exc, function, code = _frame.read(gen)
+    if state >= _frame.EXECUTING or code is None:
         return
-    layout = layout_of(generator_code(gen))
+    layout = layout_of(code)
     for index, value in enumerate(slots):
         if not nullmask >> index & 1:
             yield _slot_name(layout, index), value
     if exc is not None:
         yield "the exception being handled", exc
-    code = generator_code(gen)
-    if code_ref(code, gen, _module_of(function)).path:
+    if code_ref(code, function, module_of).path:
         closure = getattr(function, "__closure__", None) or ()
         for cell_name, cell in zip(code.co_freevars, closure, strict=False):
             try:
@@ -332,13 +390,12 @@ def find_culprit(
     gen: GeneratorLike, try_pickle: Callable[[object], None], unwrap: Callable[[object], Any]
 ) -> str | None:
     """Describe the innermost slot of ``gen`` (or of a frame it awaits) that fails to pickle."""
-    state, *_, function = _frame.read(gen)
-    if state >= _frame.EXECUTING:
+    state, *_, function, code = _frame.read(gen)
+    if state >= _frame.EXECUTING or code is None:
         return None
-    module = _module_of(function)
-    owner = f"{kind_name(gen)} {describe(generator_code(gen), module)}"
+    owner = f"{kind_name(gen)} {describe(code, module_of(function))}"
     try:
-        code_ref(generator_code(gen), gen, module)
+        code_ref(code, function, module_of)
     except UnpicklableStateError as error:
         return str(error)
     for where, value in frame_slots(gen):
