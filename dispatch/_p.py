@@ -17,6 +17,7 @@ from typing import Any
 from .experimental.durable import _identity, _pickling, _snapshot
 
 CALLED_BY_INDEX: tuple[Callable[..., Any], ...] = (
+    _snapshot.restore_generator,
     _snapshot.new_generator,
     _snapshot.restore_frame,
     _snapshot.restore_finished,

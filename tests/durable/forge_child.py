@@ -26,17 +26,18 @@ from typing import Any
 from durable_programs import BY_NAME, run, run_to
 
 import dispatch._p
-from dispatch.experimental.durable import SnapshotError, dumps, loads
+from dispatch.experimental.durable import SnapshotError, _snapshot, dumps, loads
 from dispatch.experimental.durable._snapshot import generator_code
 
 State = tuple[Any, ...]
-real_restore = dispatch._p.CALLED_BY_INDEX[1]
+real_restore = _snapshot.restore_frame
 
 
 def patch_restore(restore: Callable[[Any, State], None]) -> None:
-    """Make snapshots call ``restore`` to write frames (h(1) in dispatch._p)."""
+    """Make loads call ``restore`` to write each frame (both snapshot forms)."""
+    _snapshot.restore_frame = restore  # type: ignore[assignment]
     table = list(dispatch._p.CALLED_BY_INDEX)
-    table[1] = restore
+    table[table.index(real_restore) if real_restore in table else 2] = restore
     dispatch._p.CALLED_BY_INDEX = tuple(table)
 
 

@@ -296,11 +296,10 @@ def test_write_and_read_keep_reference_counts_exact() -> None:
 
     before = sys.getrefcount(marker)
     for _ in range(10_000):
-        function, args, state, _, _, restore = reduce_generator(gen)
+        function, args = reduce_generator(gen)
         fresh = function(*args)
-        restore(fresh, state)
         _frame.discard(fresh)
-        del fresh, state, args
+        del fresh, args
     assert sys.getrefcount(marker) == before
     gen.close()
 

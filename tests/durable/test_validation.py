@@ -34,8 +34,9 @@ def forge(obj: Any, mutate: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> byt
     class Forger(_pickling.Pickler):
         def reducer_override(self, value: Any) -> Any:
             reduced = super().reducer_override(value)
-            if value is obj:
-                reduced = (*reduced[:2], mutate(reduced[2]), *reduced[3:])
+            if value is obj:  # (restore_generator, (ref, *state))
+                function, (ref, *state) = reduced
+                reduced = (function, (ref, *mutate(tuple(state))))
             return reduced
 
     buffer = io.BytesIO()
@@ -175,7 +176,8 @@ def test_a_frame_made_but_never_restored_is_rejected() -> None:
     class Forger(_pickling.Pickler):
         def reducer_override(self, value: Any) -> Any:
             if value is obj:
-                return _snapshot.reduce_generator(value)[:2]  # no state, no restore
+                with _snapshot.two_phase_frames():
+                    return _snapshot.reduce_generator(value)[:2]  # no state, no restore
             return super().reducer_override(value)
 
     buffer = io.BytesIO()

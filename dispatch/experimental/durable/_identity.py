@@ -188,7 +188,8 @@ class CodeRef:
         #: Makes a fresh generator of this code: the function called with
         #: placeholder arguments, which only binds them (no body code runs).
         self.fresh = functools.partial(function, *self.blank_args, **self.blank_kwargs)
-        self.reduced = (load_ref, (self.module, self.qualname, self.path, self.fingerprint))
+        identity = (self.module, self.qualname, self.fingerprint)
+        self.reduced = (load_ref, (*identity, path) if path else identity)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return self.reduced
@@ -239,7 +240,7 @@ def code_ref(
 _loaded: dict[tuple[str, str, tuple[int, ...], bytes], tuple[object, CodeRef]] = {}
 
 
-def load_ref(module: str, qualname: str, path: tuple[int, ...], digest: bytes) -> CodeRef:
+def load_ref(module: str, qualname: str, digest: bytes, path: tuple[int, ...] = ()) -> CodeRef:
     """Resolve a reference written by :meth:`CodeRef.__reduce__` in this process."""
     key = (module, qualname, path, digest)
     try:

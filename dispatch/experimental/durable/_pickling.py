@@ -44,6 +44,7 @@ from ._snapshot import (
     is_durable,
     module_of,
     reduce_generator,
+    two_phase_frames,
 )
 
 FORMAT_VERSION = 1
@@ -352,7 +353,13 @@ def dumps(obj: object) -> bytes:
     """
     writer = _writers.idle.pop() if _writers.idle else _Writer()
     try:
-        return writer.dump(obj)
+        try:
+            return writer.dump(obj)
+        except RecursionError:
+            # A frame reachable from its own state (or a structure nested
+            # too deeply, which fails the same way again).
+            with two_phase_frames():
+                return writer.dump(obj)
     except RecursionError:
         raise
     except Exception as error:

@@ -132,6 +132,28 @@ def module_of(function: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
+class _Mode(threading.local):
+    two_phase = False
+
+
+_mode = _Mode()
+
+
+class two_phase_frames:
+    """Write frames in two phases while this context is active.
+
+    A frame written in one call cannot be referred to from inside its own
+    state: pickle memoizes an object only after its reduction is written, so
+    a frame reachable from its own locals recurses until RecursionError.
+    ``dumps`` then writes the snapshot again in this mode."""
+
+    def __enter__(self) -> None:
+        _mode.two_phase = True
+
+    def __exit__(self, *exc: object) -> None:
+        _mode.two_phase = False
+
+
 def reduce_generator(gen: GeneratorLike) -> tuple[Any, ...]:
     """The pickle reduction of a generator-like object (see module docstring)."""
     state, lasti, slots, nullmask, exc, function, code = _frame.read(gen)
@@ -147,6 +169,14 @@ def reduce_generator(gen: GeneratorLike) -> tuple[Any, ...]:
             frame_state = (lasti << 2 | _EXTRA | mode, nullmask, exc, *slots)
         else:
             frame_state = (lasti << 2 | mode, *slots)
+        if not _mode.two_phase:
+            # Made and filled in one call, (ref, [closure,] *state): the
+            # smallest and fastest form.
+            if ref.path:
+                return (restore_generator, (ref, function.__closure__, *frame_state))
+            return (restore_generator, (ref, *frame_state))
+        # Made first, filled once its state is loaded: pickle's memo then
+        # resolves references from inside the state back to the frame.
         args = (ref, function.__closure__) if ref.path else (ref,)
         return (new_generator, args, frame_state, None, None, restore_frame)
     if state == _frame.EXECUTING:
@@ -203,6 +233,21 @@ def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
     created = _loads.created
     if created:
         created[-1].append(gen)
+    return gen
+
+
+def restore_generator(ref: CodeRef, *state: Any) -> GeneratorLike:
+    """Make a generator of ``ref``'s code and restore ``state`` into it; for
+    code that needs its closure (nested functions), that comes first."""
+    if type(ref) is CodeRef and not ref.path:
+        gen: GeneratorLike = ref.fresh()
+        created = _loads.created
+        if created:
+            created[-1].append(gen)
+    else:
+        gen = new_generator(ref, *state[:1])
+        state = state[1:]
+    restore_frame(gen, state)
     return gen
 
 
