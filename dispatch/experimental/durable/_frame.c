@@ -18,6 +18,7 @@
 #define Py_BUILD_CORE 1
 #endif
 #include <Python.h>
+#include <limits.h>
 #include <stddef.h>
 
 #if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030E0000
@@ -203,12 +204,24 @@ PyDoc_STRVAR(write_doc,
 "input can make the interpreter read outside the frame.");
 
 static PyObject *
-frame_write(PyObject *module, PyObject *args)
+frame_write(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *obj, *slots, *mask, *exc;
-    int state, lasti;
-    if (!PyArg_ParseTuple(args, "OiiO!O!O:write", &obj, &state, &lasti,
-                          &PyTuple_Type, &slots, &PyLong_Type, &mask, &exc)) {
+    if (nargs != 6 || !PyLong_Check(args[1]) || !PyLong_Check(args[2]) ||
+        !PyTuple_Check(args[3]) || !PyLong_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "write(gen, state: int, lasti: int, slots: tuple, "
+                        "nullmask: int, exc_value)");
+        return NULL;
+    }
+    PyObject *obj = args[0], *slots = args[3], *mask = args[4], *exc = args[5];
+    int overflow_state = 0, overflow_lasti = 0;
+    long state = PyLong_AsLongAndOverflow(args[1], &overflow_state);
+    long lasti = PyLong_AsLongAndOverflow(args[2], &overflow_lasti);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (overflow_state || overflow_lasti || lasti > INT_MAX || lasti < INT_MIN) {
+        PyErr_SetString(PyExc_ValueError, "frame state or instruction offset out of range");
         return NULL;
     }
     PyGenObject *gen = as_generator(obj);
@@ -231,7 +244,7 @@ frame_write(PyObject *module, PyObject *args)
     suspended = suspended || state == FRAME_SUSPENDED_YIELD_FROM;
 #endif
     if (!suspended && state != FRAME_CREATED) {
-        PyErr_Format(PyExc_ValueError, "invalid frame state %d", state);
+        PyErr_Format(PyExc_ValueError, "invalid frame state %ld", state);
         return NULL;
     }
     Py_ssize_t nslots = PyTuple_GET_SIZE(slots);
@@ -245,7 +258,7 @@ frame_write(PyObject *module, PyObject *args)
         return NULL;
     }
     if (suspended && (lasti < 0 || lasti >= Py_SIZE(code))) {
-        PyErr_Format(PyExc_ValueError, "instruction offset %d out of range", lasti);
+        PyErr_Format(PyExc_ValueError, "instruction offset %ld out of range", lasti);
         return NULL;
     }
     if (Py_SIZE(mask) < 0) {
@@ -444,7 +457,7 @@ static PyMethodDef frame_methods[] = {
     {"discard", frame_discard, METH_O, discard_doc},
     {"is_iterator", frame_is_iterator, METH_O, is_iterator_doc},
     {"read", frame_read, METH_O, read_doc},
-    {"write", frame_write, METH_VARARGS, write_doc},
+    {"write", (PyCFunction)(void (*)(void))frame_write, METH_FASTCALL, write_doc},
     {"unwrap", frame_unwrap, METH_O, unwrap_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -160,6 +160,7 @@ class CodeRef:
         "function",
         "module",
         "path",
+        "plans",
         "qualname",
         "reduced",
     )
@@ -190,6 +191,8 @@ class CodeRef:
         self.fresh = functools.partial(function, *self.blank_args, **self.blank_kwargs)
         identity = (self.module, self.qualname, self.fingerprint)
         self.reduced = (load_ref, (*identity, path) if path else identity)
+        #: How to validate and restore frames of this code (set on first restore).
+        self.plans: Any = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return self.reduced

@@ -82,44 +82,49 @@ class Plan(NamedTuple):
     """How to validate and write a frame state for one code and resume point."""
 
     layout: Layout
-    site: Site | None
-    """None for a frame that has not started yet."""
     nslots: int
     raw_state: int
+    started: bool
     bound: int
     nullable: int
     requirements: tuple[tuple[int, int, frozenset[int]], ...]
+    iterator_locals: tuple[int, ...]
 
 
-_plans: dict[int, tuple[CodeType, Layout, dict[int, Plan]]] = {}
+Plans: TypeAlias = dict[int, Plan]
+"""Keyed by a packed frame state without its _EXTRA bit: lasti << 2 | mode."""
+
+_plans: dict[int, tuple[CodeType, Plans]] = {}
 
 
-def _plans_of(code: CodeType) -> tuple[CodeType, Layout, dict[int, Plan]]:
+def plans_of(code: CodeType) -> Plans:
     cached = _plans.get(id(code))
-    if cached is None or cached[0] is not code:
-        layout = analyze(code)
-        # Keyed by the packed state without its _EXTRA bit: lasti << 2 | mode.
-        plans = {
-            _CREATED: Plan(layout, None, layout.nfixed, _frame.CREATED, layout.created_bound, 0, ())
-        }
-        for lasti, site in layout.sites.items():
-            raw_state = _DELEGATING_STATE if site.delegating else _frame.SUSPENDED
-            plans[lasti << 2 | _SUSPENDED] = Plan(
-                layout,
-                site,
-                layout.nfixed + site.depth,
-                raw_state,
-                site.bound,
-                site.nullable,
-                site.requirements,
-            )
-        cached = (code, layout, plans)
-        _plans[id(code)] = cached
-    return cached
+    if cached is not None and cached[0] is code:
+        return cached[1]
+    layout = analyze(code)
+    iterators = layout.iterator_locals
+    plans = {
+        _CREATED: Plan(
+            layout, layout.nfixed, _frame.CREATED, False, layout.created_bound, 0, (), iterators
+        )
+    }
+    for lasti, site in layout.sites.items():
+        plans[lasti << 2 | _SUSPENDED] = Plan(
+            layout,
+            layout.nfixed + site.depth,
+            _DELEGATING_STATE if site.delegating else _frame.SUSPENDED,
+            True,
+            site.bound,
+            site.nullable,
+            site.requirements,
+            iterators,
+        )
+    _plans[id(code)] = (code, plans)
+    return plans
 
 
 def layout_of(code: CodeType) -> Layout:
-    return _plans_of(code)[1]
+    return plans_of(code)[_CREATED].layout
 
 
 def module_of(function: object) -> str | None:
@@ -187,12 +192,12 @@ def reduce_generator(gen: GeneratorLike) -> tuple[Any, ...]:
 
 
 class _Loads(threading.local):
-    """The loads in progress in this thread: the frames each made, and how
-    many of those it restored (only a forged snapshot makes one it does not)."""
+    """The loads in progress in this thread: the frames each made, and how many
+    of those a two-phase snapshot made but has not restored yet."""
 
     def __init__(self) -> None:
         self.created: list[list[GeneratorLike]] = []
-        self.restored: list[int] = []
+        self.pending: list[int] = []
 
 
 _loads = _Loads()
@@ -200,7 +205,7 @@ _loads = _Loads()
 
 def begin_load() -> None:
     _loads.created.append([])
-    _loads.restored.append(0)
+    _loads.pending.append(0)
 
 
 def end_load(failed: bool) -> None:
@@ -208,8 +213,8 @@ def end_load(failed: bool) -> None:
     running any of its code (no ``finally`` block of a snapshot that was never
     resumed runs, and no "never awaited" warning is issued)."""
     created = _loads.created.pop()
-    restored = _loads.restored.pop()
-    if not failed and restored == len(created):
+    pending = _loads.pending.pop()
+    if not failed and not pending:
         return
     for gen in created:
         _frame.discard(gen)
@@ -217,16 +222,12 @@ def end_load(failed: bool) -> None:
         raise InvalidStateError("the snapshot makes frames it never restores")
 
 
-def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
-    """Make a fresh generator of ``ref``'s code; its frame is written by restore_frame."""
+def _fresh(ref: CodeRef, closure: Any) -> GeneratorLike:
+    """A fresh generator of the code of ``ref``, tracked by the current load."""
     if type(ref) is not CodeRef:
         raise InvalidStateError(f"expected a code reference, got {type(ref).__name__}")
     if ref.path:
-        if len(closure) != 1:
-            raise InvalidStateError(f"{ref!r} needs its closure")
-        function = FunctionType(
-            ref.code, ref.function.__globals__, ref.code.co_name, None, closure[0]
-        )
+        function = FunctionType(ref.code, ref.function.__globals__, ref.code.co_name, None, closure)
         gen: GeneratorLike = function(*ref.blank_args, **ref.blank_kwargs)
     else:
         gen = ref.fresh()
@@ -239,16 +240,41 @@ def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
 def restore_generator(ref: CodeRef, *state: Any) -> GeneratorLike:
     """Make a generator of ``ref``'s code and restore ``state`` into it; for
     code that needs its closure (nested functions), that comes first."""
-    if type(ref) is CodeRef and not ref.path:
-        gen: GeneratorLike = ref.fresh()
-        created = _loads.created
-        if created:
-            created[-1].append(gen)
-    else:
-        gen = new_generator(ref, *state[:1])
+    if type(ref) is CodeRef and ref.path:
+        if not state:
+            raise InvalidStateError(f"{ref!r} needs its closure")
+        gen = _fresh(ref, state[0])
         state = state[1:]
-    restore_frame(gen, state)
+    else:
+        gen = _fresh(ref, None)
+    _restore(gen, state, ref.plans or _plans_for(ref))
     return gen
+
+
+def _plans_for(ref: CodeRef) -> Plans:
+    ref.plans = plans_of(ref.code)
+    return ref.plans
+
+
+def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
+    """Two-phase form: make a fresh generator; restore_frame fills it later."""
+    if type(ref) is CodeRef and ref.path and len(closure) != 1:
+        raise InvalidStateError(f"{ref!r} needs its closure")
+    gen = _fresh(ref, closure[0] if closure else None)
+    pending = _loads.pending
+    if pending:
+        pending[-1] += 1
+    return gen
+
+
+def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
+    """Two-phase form: validate ``state`` against the code of ``gen`` and write it in."""
+    if type(state) is not tuple:
+        raise _invalid(gen, "malformed frame state")
+    _restore(gen, state, plans_of(_CODE_OF[type(gen)](gen)))
+    pending = _loads.pending
+    if pending:
+        pending[-1] -= 1
 
 
 def restore_finished(kind: int, name: str, qualname: str) -> GeneratorLike:
@@ -311,22 +337,11 @@ def _invalid(gen: GeneratorLike, message: str) -> InvalidStateError:
     return InvalidStateError(f"{describe(generator_code(gen))}: {message}")
 
 
-def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
-    """Validate ``state`` against the code of ``gen`` (fresh) and write it in."""
-    packed = state[0] if type(state) is tuple and state else None
+def _restore(gen: GeneratorLike, state: tuple[Any, ...], plans: Plans) -> None:
+    """Validate ``state`` against the plans of the code of ``gen`` (fresh), then write it."""
+    packed = state[0] if state else None
     if type(packed) is not int or packed < 0:
         raise _invalid(gen, "malformed frame state")
-    if packed & _EXTRA:
-        if len(state) < 3 or type(state[1]) is not int or state[1] < 0:
-            raise _invalid(gen, "malformed frame state")
-        nullmask, exc, slots = state[1], state[2], state[3:]
-        if exc is not None and not issubclass(type(exc), BaseException):
-            raise _invalid(gen, "the exception being handled is not an exception")
-    else:
-        nullmask, exc, slots = 0, None, state[1:]
-    code = _CODE_OF[type(gen)](gen)
-    cached = _plans.get(id(code))
-    plans = cached[2] if cached is not None and cached[0] is code else _plans_of(code)[2]
     plan = plans.get(packed & ~_EXTRA)
     if plan is None:
         if packed & 1 == _CREATED:
@@ -334,29 +349,34 @@ def restore_frame(gen: GeneratorLike, state: tuple[Any, ...]) -> None:
         raise _invalid(
             gen, f"instruction offset {(packed >> 2) * 2} is not a point where it can be suspended"
         )
+    if packed & _EXTRA:
+        if len(state) < 3 or type(state[1]) is not int or state[1] < 0:
+            raise _invalid(gen, "malformed frame state")
+        nullmask, exc, slots = state[1], state[2], state[3:]
+        if exc is not None:
+            if not plan.started:
+                raise _invalid(gen, "a frame that has not started handles no exception")
+            if not issubclass(type(exc), BaseException):
+                raise _invalid(gen, "the exception being handled is not an exception")
+    else:
+        nullmask, exc, slots = 0, None, state[1:]
     if len(slots) != plan.nslots:
-        layout = plan.layout
+        nfixed = plan.layout.nfixed
         raise _invalid(
             gen,
-            f"{len(slots) - layout.nfixed} values on the stack where the code has "
-            f"{plan.nslots - layout.nfixed}",
+            f"{len(slots) - nfixed} values on the stack where the code has {plan.nslots - nfixed}",
         )
-    if plan.site is None and exc is not None:
-        raise _invalid(gen, "a frame that has not started handles no exception")
     if nullmask:
         _check_nulls(gen, plan.layout, slots, nullmask, plan.bound, plan.nullable)
     if plan.requirements:
         _check_types(gen, plan.layout, slots, nullmask, plan.requirements)
-    for index in plan.layout.iterator_locals:
+    for index in plan.iterator_locals:
         if not nullmask >> index & 1 and not _frame.is_iterator(slots[index]):
             raise _invalid(gen, f"{_slot_name(plan.layout, index)} must be an iterator")
     try:
         _frame.write(gen, plan.raw_state, packed >> 2, slots, nullmask, exc)
     except (TypeError, ValueError) as error:
         raise _invalid(gen, str(error)) from None
-    restored = _loads.restored
-    if restored:
-        restored[-1] += 1
 
 
 def _check_nulls(
