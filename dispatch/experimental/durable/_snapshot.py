@@ -39,7 +39,6 @@ from ._analysis import (
     METHOD_SELF,
     SET,
     Layout,
-    Site,
     analyze,
 )
 from ._errors import InvalidStateError, UnpicklableStateError
@@ -252,8 +251,8 @@ def restore_generator(ref: CodeRef, *state: Any) -> GeneratorLike:
 
 
 def _plans_for(ref: CodeRef) -> Plans:
-    ref.plans = plans_of(ref.code)
-    return ref.plans
+    plans = ref.plans = plans_of(ref.code)
+    return plans
 
 
 def new_generator(ref: CodeRef, *closure: Any) -> GeneratorLike:
