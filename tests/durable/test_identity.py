@@ -120,36 +120,41 @@ def test_missing_module_is_incompatible(tmp_path: Path) -> None:
         python(RESUME, tmp_path / "elsewhere", data)
 
 
+SNAPSHOT_ALL = """
+import pickle, sys, {modules}
+coros = [{calls}]
+for coro in coros:
+    coro.send(None)
+sys.stdout.buffer.write(pickle.dumps(coros))
+"""
+
+FINISH_ALL = """
+import pickle, sys
+results = []
+for coro in pickle.loads(sys.stdin.buffer.read()):
+    try:
+        coro.send({first})
+        coro.send({second})
+    except StopIteration as stop:
+        results.append(stop.value)
+print(results)
+"""
+
+
+def snapshot_and_finish(path: Path, modules: str, calls: str, sends: tuple[int, int]) -> bytes:
+    """Start ``calls`` in one interpreter, finish them with ``sends`` in another."""
+    data = python(SNAPSHOT_ALL.format(modules=modules, calls=calls), path)
+    return python(FINISH_ALL.format(first=sends[0], second=sends[1]), path, data).strip()
+
+
 def test_same_qualified_name_in_two_modules(tmp_path: Path) -> None:
     write(tmp_path, "mod_a", COUNTER)
     write(tmp_path, "mod_b", COUNTER.replace("+ 1", "* 2"))
-    data = python(
-        """
-        import pickle, sys, mod_a, mod_b
-        pair = (mod_a.counter(2), mod_b.counter(2))
-        for coro in pair:
-            coro.send(None)
-        sys.stdout.buffer.write(pickle.dumps(pair))
-        """,
-        tmp_path,
-    )
-    out = python(
-        """
-        import pickle, sys
-        results = []
-        for coro in pickle.loads(sys.stdin.buffer.read()):
-            try:
-                coro.send(5)
-                coro.send(7)
-            except StopIteration as stop:
-                results.append(stop.value)
-        print(results)
-        """,
-        tmp_path,
-        data,
+    out = snapshot_and_finish(
+        tmp_path, "mod_a, mod_b", "mod_a.counter(2), mod_b.counter(2)", (5, 7)
     )
     # mod_a: (0 + 5 + 1) + 7 + 1 = 14; mod_b: (0 + 5 * 2) + 7 * 2 = 24
-    assert out.strip() == b"[14, 24]"
+    assert out == b"[14, 24]"
 
 
 def test_durable_closure_created_twice(tmp_path: Path) -> None:
@@ -165,29 +170,7 @@ def make(step):
     return stepper
 """,
     )
-    data = python(
-        """
-        import pickle, sys, factory
-        coros = [factory.make(1)(2), factory.make(100)(2)]
-        for coro in coros:
-            coro.send(None)
-        sys.stdout.buffer.write(pickle.dumps(coros))
-        """,
-        tmp_path,
+    out = snapshot_and_finish(
+        tmp_path, "factory", "factory.make(1)(2), factory.make(100)(2)", (10, 20)
     )
-    out = python(
-        """
-        import pickle, sys
-        results = []
-        for coro in pickle.loads(sys.stdin.buffer.read()):
-            try:
-                coro.send(10)
-                coro.send(20)
-            except StopIteration as stop:
-                results.append(stop.value)
-        print(results)
-        """,
-        tmp_path,
-        data,
-    )
-    assert out.strip() == b"[[11, 21], [110, 120]]"
+    assert out == b"[[11, 21], [110, 120]]"
