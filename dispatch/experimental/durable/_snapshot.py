@@ -1,9 +1,10 @@
 """Snapshot and restore the frame of one generator, coroutine or async generator.
 
-A suspended generator reduces (in pickle's sense) to a call that makes a
-fresh generator of the same code, plus a state (instruction offset, slots)
-written into it afterwards. Making the object first and filling it second
-lets frames refer to each other, or to themselves, through pickle's memo.
+A suspended generator reduces (in pickle's sense) to one call that makes a
+fresh generator of the same code and writes its state (instruction offset,
+slots) into it. A frame that refers back to itself from its own state needs
+the two-phase form instead: made first, filled once its state is loaded, so
+that pickle's memo can resolve the reference (see ``two_phase_frames``).
 
 Every snapshot is validated against the code it is restored into (see
 ``_analysis``) before a single slot is written.
