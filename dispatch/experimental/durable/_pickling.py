@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copyreg
 import functools
-import io
 import pickle
 import sys
 import threading
@@ -29,6 +28,7 @@ from types import (
     CoroutineType,
     FunctionType,
     GeneratorType,
+    SimpleNamespace,
     TracebackType,
 )
 from typing import Any
@@ -310,29 +310,27 @@ def _diagnose(obj: object, error: Exception) -> UnpicklableStateError:
 
 
 class _Writer:
-    """A pickler and its buffer, reused: making a pickler costs as much as
-    pickling a small snapshot."""
+    """A pickler writing into a list, reused: making a pickler (or a BytesIO)
+    costs as much as pickling a small snapshot."""
 
     def __init__(self) -> None:
-        self.buffer = io.BytesIO()
-        self.pickler = Pickler(self.buffer, 5)
+        self.chunks: list[bytes] = []
+        self.pickler = Pickler(SimpleNamespace(write=self.chunks.append), 5)
 
     def dump(self, obj: object) -> bytes:
         """The snapshot of ``obj``: header, then the pickle without PROTO and
         a FRAME spanning the rest (optional opcodes, 11 bytes that a snapshot
         of a few hundred bytes does without)."""
-        buffer = self.buffer
-        buffer.seek(0)
-        buffer.truncate()
+        chunks = self.chunks
         try:
             self.pickler.dump(obj)
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         finally:
             self.pickler.clear_memo()  # keeps no reference to what it pickled
-        with buffer.getbuffer() as data:
-            start = 2
-            if data[2] == _FRAME and int.from_bytes(data[3:11], "little") == len(data) - 11:
-                start = 11
-            return _HEADER + data[start:]
+            chunks.clear()
+        if data[2] == _FRAME and int.from_bytes(data[3:11], "little") == len(data) - 11:
+            return _HEADER + data[11:]
+        return _HEADER + data[2:]
 
 
 class _Writers(threading.local):
