@@ -19,7 +19,7 @@ import functools
 import pickle
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from types import (
     AsyncGeneratorType,
@@ -39,6 +39,8 @@ from ._identity import CodeRef, code_ref
 from ._snapshot import (
     GeneratorLike,
     begin_load,
+    detaching_frames,
+    discard,
     end_load,
     find_culprit,
     is_durable,
@@ -291,17 +293,28 @@ def _unwrap(value: object) -> GeneratorLike | None:
     return None
 
 
+def _frames_in(obj: object, depth: int = 0) -> Iterator[GeneratorLike]:
+    """The generator-like objects in ``obj`` and the plain containers it holds."""
+    gen = _unwrap(obj)
+    if gen is not None:
+        yield gen
+    elif depth < 8 and isinstance(obj, (tuple, list, set, frozenset, dict)):
+        for item in obj.values() if isinstance(obj, dict) else obj:
+            yield from _frames_in(item, depth + 1)
+
+
 def _diagnose(obj: object, error: Exception) -> UnpicklableStateError:
     """Turn a pickling failure into an error naming the frame slot at fault."""
     if isinstance(error, UnpicklableStateError) and "\n" in str(error):
         return error
-    gen = _unwrap(obj)
     culprit = None
-    if gen is not None:
+    for gen in _frames_in(obj):
         try:
             culprit = find_culprit(gen, _try_pickle, _unwrap)
         except Exception:
             culprit = None
+        if culprit is not None:
+            break
     if culprit is None:
         if isinstance(error, UnpicklableStateError):
             return error
@@ -343,12 +356,21 @@ class _Writers(threading.local):
 _writers = _Writers()
 
 
-def dumps(obj: object) -> bytes:
+def dumps(obj: object, *, detach: bool = False) -> bytes:
     """Serialize ``obj``, snapshotting every generator or coroutine frame it holds.
 
-    Raises :class:`UnpicklableStateError` naming the function and the local
-    variable or stack slot that holds something that cannot be serialized.
+    With ``detach``, every frame snapshotted is then marked finished without
+    running any of its code, so dropping the live objects does not run their
+    ``finally`` blocks: for a runtime that hands the snapshot over to be
+    resumed elsewhere. Raises :class:`UnpicklableStateError` naming the
+    function and the local variable or stack slot that holds something that
+    cannot be serialized.
     """
+    if detach:
+        with detaching_frames() as frames:
+            data = dumps(obj)
+        discard(frames)
+        return data
     writer = _writers.idle.pop() if _writers.idle else _Writer()
     try:
         try:

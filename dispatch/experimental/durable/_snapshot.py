@@ -139,9 +139,32 @@ def module_of(function: object) -> str | None:
 
 class _Mode(threading.local):
     two_phase = False
+    #: While a dump detaches its frames: every frame it snapshots.
+    snapshotted: list[GeneratorLike] | None = None
 
 
 _mode = _Mode()
+
+
+class detaching_frames:
+    """Collect the frames a dump snapshots, to discard them once it succeeds.
+
+    A runtime that hands a snapshot over and drops the live objects must not
+    let their finalizers run: a dropped suspended coroutine is closed, which
+    runs its ``finally`` blocks, while the snapshot carries the coroutine on."""
+
+    def __enter__(self) -> list[GeneratorLike]:
+        _mode.snapshotted = []
+        return _mode.snapshotted
+
+    def __exit__(self, *exc: object) -> None:
+        _mode.snapshotted = None
+
+
+def discard(gens: list[GeneratorLike]) -> None:
+    """Mark ``gens`` finished without running any of their code."""
+    for gen in gens:
+        _frame.discard(gen)
 
 
 class two_phase_frames:
@@ -154,6 +177,8 @@ class two_phase_frames:
 
     def __enter__(self) -> None:
         _mode.two_phase = True
+        if _mode.snapshotted is not None:
+            _mode.snapshotted.clear()  # the failed one-call attempt's frames
 
     def __exit__(self, *exc: object) -> None:
         _mode.two_phase = False
@@ -169,6 +194,9 @@ def reduce_generator(gen: GeneratorLike) -> tuple[Any, ...]:
             lasti, mode = 0, _CREATED
         else:
             mode = _SUSPENDED
+        snapshotted = _mode.snapshotted
+        if snapshotted is not None:
+            snapshotted.append(gen)
         # Flat, to keep small snapshots small: (lasti|extra|mode, [nullmask, exc,] *slots)
         if nullmask or exc is not None:
             frame_state = (lasti << 2 | _EXTRA | mode, nullmask, exc, *slots)
