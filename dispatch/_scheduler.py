@@ -61,8 +61,8 @@ class _Wait:
         #: Per awaitable: None while pending, else (ok, value or exception).
         self.outcomes: list[tuple[bool, Any] | None] = [None] * size
         self.pending = size
-        #: Per awaitable: the local task running it, or -1 for a remote call.
-        self.children: list[int] = [-1] * size
+        #: The local task running each awaitable that is not a remote call.
+        self.children: dict[int, int] = {}
 
     def to_state(self) -> list[Any]:
         return [self.kind, self.base, self.outcomes, self.pending, self.children]
@@ -103,8 +103,8 @@ class _Wait:
         """How many more remote results this wait needs before it can be decided."""
         remote_pending = sum(
             1
-            for outcome, child in zip(self.outcomes, self.children, strict=True)
-            if outcome is None and child < 0
+            for index, outcome in enumerate(self.outcomes)
+            if outcome is None and index not in self.children
         )
         if self.kind == ALL:
             return remote_pending
@@ -340,7 +340,7 @@ class _Run:
         task.wait = None
         for index, pending in enumerate(wait.outcomes):
             if pending is None:
-                child = wait.children[index]
+                child = wait.children.get(index, -1)
                 if child >= 0:
                     self.cancel_task(child)
                 else:
@@ -365,7 +365,7 @@ class _Run:
         if task.wait is not None:
             for index, pending in enumerate(task.wait.outcomes):
                 if pending is None:
-                    child = task.wait.children[index]
+                    child = task.wait.children.get(index, -1)
                     if child >= 0:
                         self.cancel_task(child)
                     else:
@@ -461,7 +461,7 @@ class _Run:
             if wait is None:
                 continue
             index = result.correlation_id - wait.base
-            if index >= len(wait.outcomes) or wait.children[index] >= 0:
+            if index >= len(wait.outcomes) or index in wait.children:
                 continue  # not a remote call of this wait: a stale or unknown result
             if result.error is not None:
                 outcome: tuple[bool, Any] = (False, self.remote_error(result.error))

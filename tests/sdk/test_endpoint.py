@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import importlib
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -216,3 +219,21 @@ def test_mounted_in_a_starlette_app(keys: Keys) -> None:
             return (await client.get("/")).text
 
     assert asyncio.run(get_home()) == "home"
+
+
+def test_fastapi_example(keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/fastapi_app.py: the endpoint mounted next to the app's own routes."""
+    monkeypatch.setenv("DISPATCH_VERIFICATION_KEY", keys.public)
+    monkeypatch.setenv("DISPATCH_SEAL_KEY", base64.b64encode(keys.seal).decode())
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "examples"))
+    module = importlib.import_module("fastapi_app")
+    harness = Harness(httpx.ASGITransport(app=module.app), keys.sealer, keys.private)
+    outcome = asyncio.run(harness.call("greet_all", ["Jane", "Mike"]))
+    assert outcome.value(keys.sealer) == ["Hello Jane", "Hello Mike"]
+
+    async def home() -> Any:
+        transport = httpx.ASGITransport(app=module.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return (await client.get("/")).json()
+
+    assert asyncio.run(home()) == {"status": "serving"}
