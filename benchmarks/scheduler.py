@@ -43,7 +43,8 @@ async def fan_out(n: int) -> int:
     return sum(results)
 
 
-def first_request(sealer: _wire.Sealer, n: int) -> bytes:
+def request(**directive: Any) -> bytes:
+    """A RunRequest of fan_out with its input or its poll result."""
     return _wire.RunRequest(
         function="fan_out",
         dispatch_id="bench-1",
@@ -52,8 +53,12 @@ def first_request(sealer: _wire.Sealer, n: int) -> bytes:
         creation_time=time.time(),
         expiration_time=None,
         attempt=1,
-        input=_wire.encode_arguments((n,), {}, sealer),
+        **directive,
     ).to_msgpack()
+
+
+def first_request(sealer: _wire.Sealer, n: int) -> bytes:
+    return request(input=_wire.encode_arguments((n,), {}, sealer))
 
 
 def resume_request(sealer: _wire.Sealer, poll: _wire.Poll) -> bytes:
@@ -65,16 +70,7 @@ def resume_request(sealer: _wire.Sealer, poll: _wire.Poll) -> bytes:
         )
         for i, call in enumerate(poll.calls)
     )
-    return _wire.RunRequest(
-        function="fan_out",
-        dispatch_id="bench-1",
-        root_id="bench-1",
-        parent_id=None,
-        creation_time=time.time(),
-        expiration_time=None,
-        attempt=1,
-        poll=_wire.PollResult(state=poll.state, results=results),
-    ).to_msgpack()
+    return request(poll=_wire.PollResult(state=poll.state, results=results))
 
 
 async def round_trip(
