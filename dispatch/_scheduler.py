@@ -279,23 +279,43 @@ class _Run:
             self.finish(task, kind == _DONE, value)
 
     def wait(self, task: _Task, directive: Any) -> None:
+        awaitables: tuple[Any, ...]
         if type(directive) is Call:
-            wait = _Wait(SINGLE, self.allocate(1), 1)
-            task.wait = wait
-            self.send(directive, wait.base)
-            return
-        group: Combinator = directive
-        awaitables = group.awaitables
-        group.awaitables = ()
-        wait = _Wait(group.kind, self.allocate(len(awaitables)), len(awaitables))
+            kind, awaitables = SINGLE, (directive,)
+        else:
+            group: Combinator = directive
+            kind, awaitables = group.kind, group.awaitables
+            group.awaitables = ()
+        wait = _Wait(kind, self.allocate(len(awaitables)), len(awaitables))
         task.wait = wait
         if not awaitables:  # gather() of nothing (any and race refuse nothing)
             self.settle_task(task, (True, []))
             return
+        inputs: dict[int, bytes] = {}
         for index, awaitable in enumerate(awaitables):
             if type(awaitable) is Call:
-                self.send(awaitable, wait.base + index)
-            else:
+                try:
+                    inputs[index] = _wire.encode_arguments(
+                        awaitable.args, awaitable.kwargs, self.sealer
+                    )
+                except Exception as error:
+                    # An argument that cannot be sent fails its call at the
+                    # await, before anything of the group is sent or started.
+                    decided = wait.settle(index, False, error)
+                    if decided is not None:
+                        task.wait = None
+                        self.resume_task(task, decided)
+                        return
+        for index, awaitable in enumerate(awaitables):
+            if index in inputs:
+                self.calls.append(
+                    _wire.Call(
+                        function=awaitable.function,
+                        input=inputs[index],
+                        correlation_id=wait.base + index,
+                    )
+                )
+            elif wait.outcomes[index] is None:
                 child = self.start(_local(awaitable), parent=task.id, index=index)
                 wait.children[index] = child.id
 
@@ -303,15 +323,6 @@ class _Run:
         base = self.next_id
         self.next_id += size
         return base
-
-    def send(self, call: Call[Any], correlation_id: int) -> None:
-        self.calls.append(
-            _wire.Call(
-                function=call.function,
-                input=_wire.encode_arguments(call.args, call.kwargs, self.sealer),
-                correlation_id=correlation_id,
-            )
-        )
 
     def finish(self, task: _Task, ok: bool, value: Any) -> None:
         del self.tasks[task.id]
@@ -345,6 +356,9 @@ class _Run:
                     self.cancel_task(child)
                 else:
                     self.cancel.append(wait.base + index)
+        self.resume_task(task, outcome)
+
+    def resume_task(self, task: _Task, outcome: tuple[bool, Any]) -> None:
         ok, value = outcome
         if ok:
             task.value = value

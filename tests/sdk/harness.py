@@ -154,8 +154,11 @@ class Harness:
                     poll=_wire.PollResult(state=poll.state, results=tuple(results)),
                 )
         finally:
-            for task in children.values():
-                task.cancel()
+            # A call that ends cancels its children still running.
+            for correlation_id, task in children.items():
+                if not task.done():
+                    task.cancel()
+                    self.cancelled.append(f"{dispatch_id}/{correlation_id}")
 
     async def collect(
         self, children: dict[int, asyncio.Task[Outcome]], poll: _wire.Poll

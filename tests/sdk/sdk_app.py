@@ -190,3 +190,25 @@ async def with_cleanup() -> Any:
         return await greet("inside")
     finally:
         events.append("with_cleanup finally")
+
+
+@dispatch.function
+async def unsendable_argument() -> Any:
+    try:
+        await greet(threading.Lock())  # type: ignore[arg-type]
+    except TypeError as error:
+        return f"caught: {error}"
+    return "not reached"
+
+
+@dispatch.function
+def slow(seconds: float) -> str:
+    import time
+
+    time.sleep(seconds)
+    return "slow"
+
+
+@dispatch.function
+async def race_remote() -> Any:
+    return await dispatch.race(slow(0.5), greet("quick"))

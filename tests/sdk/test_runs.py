@@ -164,3 +164,16 @@ def test_suspended_coroutine_finally_runs_once_at_the_end(harness: Harness) -> N
 
 def test_keys_fixture(keys: Keys) -> None:
     assert len(keys.seal) == 32
+
+
+def test_unsendable_argument_fails_at_the_await(harness: Harness) -> None:
+    result = value(harness, "unsendable_argument")
+    assert result.startswith("caught: cannot encode a value of type lock")
+
+
+def test_race_cancels_the_remote_loser(harness: Harness) -> None:
+    assert value(harness, "race_remote") == "Hello quick"
+    (entry,) = [a for a in harness.attempts if a.function == "race_remote" and not a.resumed]
+    assert entry.response is not None and entry.response.poll is not None
+    slow_call = entry.response.poll.calls[0].correlation_id
+    assert any(c.endswith(f"/{slow_call}") for c in harness.cancelled)
