@@ -291,12 +291,13 @@ class _Run:
         if not awaitables:  # gather() of nothing (any and race refuse nothing)
             self.settle_task(task, (True, []))
             return
-        inputs: dict[int, bytes] = {}
+        inputs: dict[int, tuple[str, bytes]] = {}
         for index, awaitable in enumerate(awaitables):
             if type(awaitable) is Call:
                 try:
-                    inputs[index] = _wire.encode_arguments(
-                        awaitable.args, awaitable.kwargs, self.sealer
+                    inputs[index] = (
+                        awaitable.function,
+                        _wire.encode_arguments(awaitable.args, awaitable.kwargs, self.sealer),
                     )
                 except Exception as error:
                     # An argument that cannot be sent fails its call at the
@@ -308,12 +309,9 @@ class _Run:
                         return
         for index, awaitable in enumerate(awaitables):
             if index in inputs:
+                function, arguments = inputs[index]
                 self.calls.append(
-                    _wire.Call(
-                        function=awaitable.function,
-                        input=inputs[index],
-                        correlation_id=wait.base + index,
-                    )
+                    _wire.Call(function=function, input=arguments, correlation_id=wait.base + index)
                 )
             elif wait.outcomes[index] is None:
                 child = self.start(_local(awaitable), parent=task.id, index=index)
