@@ -1,0 +1,381 @@
+"""The engine: claims due calls, runs their attempts on endpoints, applies the answers.
+
+One attempt: build the RunRequest (the input, or the snapshot and the results
+that arrived), sign it, post it to the call's endpoint, and turn the answer
+into one storage transition:
+
+- Exit with a result, or a status that is not retried (or out of attempts,
+  or past the call's expiration): the call is done; its result goes to its
+  parent, which is resumed once it has the results it asked for.
+- Exit with a retried status: run again after an exponential backoff with
+  jitter. INCOMPATIBLE_STATE starts over from the input; a tail call runs
+  the new function in place of the old one.
+- Poll: keep the snapshot, create the calls, cancel the losers; resume it
+  when ``min_results`` results have arrived or ``max_wait`` has passed.
+
+A failure to reach the endpoint counts as the status it maps to (TCP_ERROR,
+TIMEOUT, HTTP_ERROR...). Each endpoint's concurrency adapts to the statuses
+it returns (see ``_limiter``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .. import _signature, _wire
+from .._status import Status
+from ._invoker import Invoker, TransportError
+from ._limiter import Limiter
+from ._storage import Claimed, Completion, Finish, NewCall, Retry, Storage, Suspend, Transition
+
+logger = logging.getLogger("dispatch.orchestrator")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When failed calls run again."""
+
+    max_attempts: int = 5
+    """Attempts a call gets in all (the first one included)."""
+    initial_backoff: float = 0.25
+    """Seconds before the second attempt; each later one waits ``multiplier`` times longer."""
+    multiplier: float = 2.0
+    max_backoff: float = 60.0
+    jitter: float = 0.5
+    """Each delay is scaled by a random factor in [1 - jitter, 1], so retries spread out."""
+    expiration: float = 24 * 3600.0
+    """Seconds after which a call is not run again, whatever its attempts."""
+    attempt_timeout: float = 300.0
+    """Seconds an endpoint has to answer one attempt."""
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after ``attempt`` (1-based) failed."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        return base * (1.0 - self.jitter * random.random())
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Engine:
+    """Runs the calls in ``storage`` on their endpoints until stopped."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        invoker: Invoker,
+        signing_key: Ed25519PrivateKey | None,
+        *,
+        policy: RetryPolicy | None = None,
+        lease: float = 60.0,
+        exclusive: bool = False,
+        clock: Callable[[], float] = time.time,
+        limiter: Callable[[], Limiter] = Limiter,
+    ) -> None:
+        self.storage = storage
+        self.invoker = invoker
+        self.signing_key = signing_key
+        self.policy = policy or RetryPolicy()
+        self.lease = lease
+        self.exclusive = exclusive
+        self.clock = clock
+        self.owner = new_id()
+        self.limiters: dict[str, Limiter] = {}
+        self._new_limiter = limiter
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._attempts: dict[str, asyncio.Task[None]] = {}
+
+    def limiter(self, endpoint: str) -> Limiter:
+        limiter = self.limiters.get(endpoint)
+        if limiter is None:
+            limiter = self.limiters[endpoint] = self._new_limiter()
+        return limiter
+
+    def wake(self) -> None:
+        """New work may be due (calls created, results delivered)."""
+        self._wake.set()
+
+    async def submit(self, calls: list[NewCall]) -> None:
+        """Create root calls and get them running."""
+        await self.storage.create(calls, self.clock())
+        self.wake()
+
+    async def run(self) -> None:
+        """Claim and run due calls until :meth:`stop`."""
+        now = self.clock()
+        # With the database to itself, every call left running was this
+        # orchestrator's before it stopped or died: run them again at once.
+        recovered = await self.storage.recover(float("inf") if self.exclusive else now)
+        if recovered:
+            logger.info("recovered %d interrupted calls", recovered)
+        renewing = asyncio.ensure_future(self._renew_leases())
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                await self._fill()
+                await self._sleep()
+        finally:
+            renewing.cancel()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming; let attempts in flight finish (up to ``grace`` seconds)."""
+        self._stopping = True
+        self.wake()
+        if self._attempts:
+            await asyncio.wait(list(self._attempts.values()), timeout=grace)
+        for task in self._attempts.values():
+            task.cancel()
+
+    async def _sleep(self) -> None:
+        due = await self.storage.next_due()
+        timeout = 1.0 if due is None else min(1.0, max(0.0, due - self.clock()))
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _fill(self) -> None:
+        now = self.clock()
+        for endpoint in await self.storage.due_endpoints(now):
+            limiter = self.limiter(endpoint)
+            free = limiter.available()
+            if not free:
+                continue
+            claimed = await self.storage.claim(self.owner, endpoint, free, now, self.lease)
+            limiter.acquire(len(claimed))
+            for call in claimed:
+                self._attempts[call.id] = asyncio.ensure_future(self._attempt(call))
+
+    async def _renew_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self.storage.renew(
+                    self.owner, list(self._attempts), self.clock() + self.lease
+                )
+            except Exception:
+                logger.exception("renewing leases failed")
+
+    async def _attempt(self, call: Claimed) -> None:
+        started = self.clock()
+        status = Status.TEMPORARY_ERROR
+        try:
+            completion = await self._run(call, started)
+            status = Status(completion.status) if completion.status >= 0 else status
+            if not await self.storage.complete(completion):
+                logger.info("call %s: lost its claim; its answer was dropped", call.id)
+        except Exception:
+            logger.exception(
+                "call %s: attempt %d failed in the orchestrator", call.id, call.attempt
+            )
+        finally:
+            self._attempts.pop(call.id, None)
+            self.limiter(call.endpoint).release(status.concurrency == "increase")
+            self.wake()
+
+    async def _run(self, call: Claimed, started: float) -> Completion:
+        if call.attempt > self.policy.max_attempts:
+            # Claimed again after its last attempt died with the orchestrator.
+            error = _error(Status.TEMPORARY_ERROR, "dispatch.GaveUp", "no attempts left")
+            return self._completion(
+                call,
+                Finish(Status.TEMPORARY_ERROR.value, error=error),
+                started,
+                Status.TEMPORARY_ERROR,
+            )
+        request = _wire.RunRequest(
+            function=call.function,
+            dispatch_id=call.id,
+            root_id=call.root_id,
+            parent_id=call.parent_id,
+            creation_time=call.created_at,
+            expiration_time=call.expires_at,
+            attempt=call.attempt,
+            input=call.input if call.snapshot is None else None,
+            poll=None
+            if call.snapshot is None
+            else _wire.PollResult(state=call.snapshot, results=_results(call)),
+        )
+        body = request.to_msgpack()
+        url = call.endpoint.rstrip("/") + "/run"
+        headers = {"Content-Type": "application/msgpack"}
+        if self.signing_key is not None:
+            path = urlsplit(url).path
+            headers.update(_signature.sign_request(self.signing_key, "POST", path, body))
+        try:
+            http_status, content = await self.invoker.post(
+                url, body, headers, self.policy.attempt_timeout
+            )
+        except TransportError as failure:
+            return self._failed(
+                call, started, failure.status, "dispatch.TransportError", str(failure)
+            )
+        if http_status != 200:
+            status = _http_status(http_status)
+            message = content.decode("utf-8", "replace")[:1000]
+            return self._failed(call, started, status, f"HTTP {http_status}", message)
+        try:
+            response = _wire.RunResponse.from_msgpack(content)
+        except _wire.ProtocolError as error:
+            return self._failed(
+                call, started, Status.INVALID_RESPONSE, "dispatch.ProtocolError", str(error)
+            )
+        return self._apply(call, started, response)
+
+    def _apply(self, call: Claimed, started: float, response: _wire.RunResponse) -> Completion:
+        now = self.clock()
+        try:
+            status = Status(response.status)
+        except ValueError:
+            status = Status.UNSPECIFIED
+        dispatched = tuple(
+            NewCall(
+                id=child.dispatch_id or new_id(),
+                function=child.function,
+                endpoint=child.endpoint or call.endpoint,
+                input=child.input,
+                root_id=child.dispatch_id or new_id(),
+                expires_at=now + self.policy.expiration,
+            )
+            for child in response.dispatch
+        )
+        if response.poll is not None:
+            poll = response.poll
+            children = tuple(
+                NewCall(
+                    id=new_id(),
+                    function=child.function,
+                    endpoint=child.endpoint or call.endpoint,
+                    input=child.input,
+                    root_id=call.root_id,
+                    parent_id=call.id,
+                    correlation_id=child.correlation_id,
+                    expires_at=call.expires_at,
+                )
+                for child in poll.calls
+            )
+            transition: Transition = Suspend(
+                snapshot=poll.state,
+                min_results=poll.min_results,
+                max_results=poll.max_results,
+                wait_until=now + poll.max_wait,
+                children=children,
+                cancel=poll.cancel,
+            )
+            return self._completion(
+                call, transition, started, status, snapshot=len(poll.state), dispatched=dispatched
+            )
+        exit_ = response.exit
+        assert exit_ is not None
+        if exit_.tail_call is not None:
+            tail = exit_.tail_call
+            transition = Retry(
+                due_at=now,
+                status=status.value,
+                function=tail.function,
+                input=tail.input,
+                restart=True,
+            )
+            return self._completion(call, transition, started, status, dispatched=dispatched)
+        error = exit_.error.to_msgpack() if exit_.error is not None else None
+        error_type = exit_.error.type if exit_.error is not None else None
+        message = exit_.error.message if exit_.error is not None else None
+        transition = self._decide(call, now, status, exit_.output, error)
+        return self._completion(
+            call, transition, started, status, error_type, message, dispatched=dispatched
+        )
+
+    def _failed(
+        self, call: Claimed, started: float, status: Status, error_type: str, message: str
+    ) -> Completion:
+        error = _error(status, error_type, message)
+        transition = self._decide(call, self.clock(), status, None, error)
+        return self._completion(call, transition, started, status, error_type, message)
+
+    def _decide(
+        self, call: Claimed, now: float, status: Status, output: bytes | None, error: bytes | None
+    ) -> Transition:
+        if status.retry and call.attempt < self.policy.max_attempts:
+            due = now + (
+                0.0 if status is Status.INCOMPATIBLE_STATE else self.policy.delay(call.attempt)
+            )
+            if call.expires_at is None or due < call.expires_at:
+                return Retry(
+                    due_at=due,
+                    status=status.value,
+                    error=error,
+                    restart=status is Status.INCOMPATIBLE_STATE,
+                )
+        if status is Status.OK and output is None:
+            output = b"\xc0"  # None
+        return Finish(status.value, output=output if error is None else None, error=error)
+
+    def _completion(
+        self,
+        call: Claimed,
+        transition: Transition,
+        started: float,
+        status: Status,
+        error_type: str | None = None,
+        message: str | None = None,
+        snapshot: int | None = None,
+        dispatched: tuple[NewCall, ...] = (),
+    ) -> Completion:
+        now = self.clock()
+        return Completion(
+            call=call,
+            owner=self.owner,
+            transition=transition,
+            now=now,
+            duration=now - started,
+            status=status.value,
+            error_type=error_type,
+            error_message=message,
+            snapshot_size=snapshot,
+            dispatched=dispatched,
+        )
+
+
+def _results(call: Claimed) -> tuple[_wire.CallResult, ...]:
+    results = []
+    for result in call.results:
+        error = _wire.Error.from_msgpack(result.error) if result.error is not None else None
+        results.append(
+            _wire.CallResult(
+                correlation_id=result.correlation_id,
+                dispatch_id=result.child_id,
+                output=result.output if error is None else None,
+                error=error,
+            )
+        )
+    return tuple(results)
+
+
+def _error(status: Status, error_type: str, message: str) -> bytes:
+    return _wire.Error(status=status.value, type=error_type, message=message).to_msgpack()
+
+
+def _http_status(code: int) -> Status:
+    """What an endpoint's non-200 answer counts as."""
+    if code == 401:
+        return Status.UNAUTHENTICATED
+    if code == 403:
+        return Status.PERMISSION_DENIED
+    if code == 404:
+        return Status.NOT_FOUND
+    if code in (400, 413, 422):
+        return Status.INVALID_ARGUMENT
+    if code == 429:
+        return Status.THROTTLED
+    return Status.HTTP_ERROR  # 5xx and the rest: retried, concurrency reduced

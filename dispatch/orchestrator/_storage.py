@@ -1,0 +1,213 @@
+"""The orchestrator's storage: one typed interface, one backend per database.
+
+A call moves through these states::
+
+    pending ──claim──▶ running ──exit──▶ done
+       ▲                  │
+       │                  ├──retry / restart / tail call──▶ pending
+       │                  └──poll──▶ waiting ──enough results, or max wait──▶ pending
+       └──────────────── lease expired (the orchestrator died) ──┘
+
+Every transition is one transaction, guarded by what the caller last saw
+(state, lease owner, attempt number), so a late answer from a lost lease
+changes nothing and a call's result is recorded exactly once. Results of
+finished children wait in ``results`` until a resume of their parent is
+applied; a crash before that redelivers them.
+
+Backends implement :class:`Storage`; ``tests/orchestrator/test_storage.py`` is
+the conformance suite every backend passes unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+PENDING = "pending"
+RUNNING = "running"
+WAITING = "waiting"
+DONE = "done"
+
+CANCELLED = -1
+"""The ``status`` recorded for a cancelled call (not a wire status)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewCall:
+    """A call to create."""
+
+    id: str
+    function: str
+    endpoint: str
+    input: bytes
+    root_id: str
+    parent_id: str | None = None
+    correlation_id: int = 0
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A finished child's result, waiting for its parent to be resumed."""
+
+    seq: int
+    correlation_id: int
+    child_id: str
+    status: int
+    output: bytes | None
+    error: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A call claimed for one attempt: what the engine needs to run it."""
+
+    id: str
+    root_id: str
+    parent_id: str | None
+    function: str
+    endpoint: str
+    input: bytes | None
+    snapshot: bytes | None
+    attempt: int
+    """Attempts of the current step so far, this one included (1 for a first try)."""
+    run: int
+    """Runs of the call so far, this one included: first runs, retries and resumes."""
+    created_at: float
+    expires_at: float | None
+    results: tuple[Result, ...] = ()
+    """For a resume: results to deliver (at most the poll's max_results)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The call is over: record its result (``output`` or msgpack ``error``)."""
+
+    status: int
+    output: bytes | None = None
+    error: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Run the call again at ``due_at``; ``restart`` drops its snapshot and
+    starts over from its input; a tail call replaces function and input."""
+
+    due_at: float
+    status: int
+    error: bytes | None = None
+    restart: bool = False
+    function: str | None = None
+    input: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Suspend:
+    """The call waits on children: keep its snapshot, create and cancel calls."""
+
+    snapshot: bytes
+    min_results: int
+    max_results: int
+    wait_until: float
+    children: tuple[NewCall, ...] = ()
+    cancel: tuple[int, ...] = ()
+    """Correlation ids of this call's children to cancel."""
+
+
+Transition = Finish | Retry | Suspend
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How an attempt ended, applied atomically by :meth:`Storage.complete`."""
+
+    call: Claimed
+    owner: str
+    transition: Transition
+    now: float
+    duration: float
+    status: int
+    """The status the endpoint (or the transport) reported for this attempt."""
+    error_type: str | None = None
+    error_message: str | None = None
+    snapshot_size: int | None = None
+    dispatched: tuple[NewCall, ...] = ()
+    """Independent calls the function dispatched while running."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    number: int
+    """Which run of the call (first runs, retries and resumes all count)."""
+    attempt: int
+    """Which attempt of its step."""
+    started_at: float | None
+    finished_at: float | None
+    status: int | None
+    error_type: str | None
+    error_message: str | None
+    snapshot_size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """Everything stored about a call, for the API."""
+
+    id: str
+    root_id: str
+    parent_id: str | None
+    function: str
+    endpoint: str
+    state: str
+    status: int | None
+    attempt: int
+    created_at: float
+    finished_at: float | None
+    input: bytes | None
+    output: bytes | None
+    error: bytes | None
+    attempts: tuple[AttemptRecord, ...] = field(default=())
+    children: tuple[str, ...] = field(default=())
+
+
+class Storage(Protocol):
+    """What the orchestrator needs from a database. All methods are atomic."""
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema (safe when several processes start at once)."""
+
+    async def close(self) -> None: ...
+
+    async def create(self, calls: Sequence[NewCall], now: float) -> None:
+        """Create root calls, all or none, due now."""
+
+    async def claim(
+        self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
+    ) -> list[Claimed]:
+        """Claim up to ``limit`` due calls (of ``endpoint``, or of any), leased
+        to ``owner`` until ``now + lease``, each with its attempt counted."""
+
+    async def complete(self, completion: Completion) -> bool:
+        """Apply how an attempt ended; False (and nothing changed) if the
+        claim was lost meanwhile (lease expired, call cancelled)."""
+
+    async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
+        """Extend the leases of calls still being run by ``owner``."""
+
+    async def recover(self, now: float) -> int:
+        """Make calls whose lease expired pending again; how many."""
+
+    async def next_due(self) -> float | None:
+        """The earliest time a pending or waiting call becomes due."""
+
+    async def due_endpoints(self, now: float) -> list[str]:
+        """Endpoints with calls due at ``now``."""
+
+    async def cancel(self, call_id: str, now: float) -> int:
+        """Cancel a call and its descendants that are not done; how many."""
+
+    async def get(self, call_id: str) -> CallRecord | None: ...
+
+    async def counts(self) -> dict[str, int]:
+        """How many calls are in each state."""
