@@ -259,3 +259,11 @@ def generate_keypair() -> tuple[str, str]:
     )
     public = private_key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
     return base64.b64encode(private).decode("ascii"), base64.b64encode(public).decode("ascii")
+
+
+def public_key_text(private_key: Ed25519PrivateKey) -> str:
+    """The public key of ``private_key``, as base64 of its raw bytes."""
+    raw = private_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return base64.b64encode(raw).decode("ascii")

@@ -24,6 +24,7 @@ from ._storage import (
     WAITING,
     AttemptRecord,
     CallRecord,
+    CallSummary,
     Claimed,
     Completion,
     Finish,
@@ -408,6 +409,19 @@ class SQLiteStorage:
         for state, count in self.db.execute("SELECT state, COUNT(*) FROM calls GROUP BY state"):
             counts[state] = count
         return counts
+
+    async def recent(self, limit: int) -> list[CallSummary]:
+        return [
+            CallSummary(*row)
+            for row in self.db.execute(
+                "SELECT c.id, c.root_id, c.parent_id, c.function, c.state, c.status, c.attempt, "
+                "c.created_at, c.finished_at FROM calls c JOIN "
+                "(SELECT id, created_at FROM calls WHERE parent_id IS NULL "
+                "ORDER BY created_at DESC LIMIT ?) roots ON c.root_id = roots.id "
+                "ORDER BY roots.created_at DESC, c.created_at LIMIT ?",
+                (limit, limit),
+            )
+        ]
 
 
 def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> None:

@@ -151,6 +151,21 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CallSummary:
+    """A call in a list."""
+
+    id: str
+    root_id: str
+    parent_id: str | None
+    function: str
+    state: str
+    status: int | None
+    attempt: int
+    created_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """Everything stored about a call, for the API."""
 
@@ -211,3 +226,6 @@ class Storage(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """How many calls are in each state."""
+
+    async def recent(self, limit: int) -> list[CallSummary]:
+        """The trees of the most recent root calls: up to ``limit`` calls, newest roots first."""

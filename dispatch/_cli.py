@@ -1,0 +1,225 @@
+"""The ``dispatch`` command.
+
+    dispatch run [--db PATH] -- CMD...    an orchestrator, and CMD connected to it
+    dispatch server [--db URL] [--host H] [--port P]    a standalone orchestrator
+
+``dispatch run`` starts an orchestrator (database and keys in ``.dispatch/``),
+runs CMD with the ``DISPATCH_*`` variables that make ``dispatch.run``
+connect to it, prefixes each line of output with where it comes from, and
+on a terminal shows a live table of calls. It exits with CMD's exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from . import _local, _signature
+from ._run import Server
+from ._status import Status
+from .orchestrator import Orchestrator, open_storage
+from .orchestrator._storage import CANCELLED, DONE, RUNNING, WAITING, CallSummary
+
+logger = logging.getLogger("dispatch")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dispatch", description="Durable execution for Python.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a command connected to a local orchestrator")
+    run.add_argument("--db", help="database (default: .dispatch/dispatch.db)")
+    run.add_argument("--no-table", action="store_true", help="no live table of calls")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command to run")
+    server = commands.add_parser("server", help="run a standalone orchestrator")
+    server.add_argument("--db", help="database URL or path (default: .dispatch/dispatch.db)")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=4001)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+        if not command:
+            parser.error("dispatch run needs a command: dispatch run -- python app.py")
+        sys.exit(asyncio.run(_run(command, args.db, table=not args.no_table)))
+    sys.exit(asyncio.run(_server(args.db, args.host, args.port)))
+
+
+def _database(db: str | None) -> str:
+    if db:
+        return db
+    directory = _local.directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    return str(directory / "dispatch.db")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _Prefixed(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(Text("orchestrator | ", style="magenta") + Text(self.format(record)))
+
+
+async def _serve(orchestrator: Orchestrator, host: str, port: int) -> Server:
+    server = Server(_config(orchestrator, host, port))
+    server_task = asyncio.ensure_future(server.serve())
+    while not server.started:
+        if server_task.done():
+            server_task.result()  # raises what stopped it
+            raise RuntimeError(f"the orchestrator could not serve on {host}:{port}")
+        await asyncio.sleep(0.01)
+    server.task = server_task  # type: ignore[attr-defined]
+    return server
+
+
+def _config(app: Any, host: str, port: int) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning")
+
+
+async def _run(command: list[str], db: str | None, table: bool) -> int:
+    console = Console(stderr=False)
+    handler = _Prefixed(console)
+    logging.getLogger("dispatch").addHandler(handler)
+    logging.getLogger("dispatch").setLevel(logging.INFO)
+    keys = _local.keys()
+    orchestrator = Orchestrator(
+        open_storage(_database(db)),
+        signing_key=_signature.load_private_key(keys.signing_key),
+        api_key=keys.api_key,
+    )
+    api_port, app_port = _free_port(), _free_port()
+    server = await _serve(orchestrator, "127.0.0.1", api_port)
+    env = {
+        **os.environ,
+        "DISPATCH_API_URL": f"http://127.0.0.1:{api_port}",
+        "DISPATCH_API_KEY": keys.api_key,
+        "DISPATCH_ENDPOINT_ADDR": f"127.0.0.1:{app_port}",
+        "DISPATCH_ENDPOINT_URL": f"http://127.0.0.1:{app_port}/dispatch",
+        "DISPATCH_VERIFICATION_KEY": keys.verification_key,
+        "DISPATCH_SEAL_KEY": keys.seal_key_text(),
+        "PYTHONUNBUFFERED": "1",
+    }
+    # In a session of its own: a Ctrl-C at the terminal reaches only this
+    # process, which passes it on once (a second one would force an exit).
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _forward, process, sig)
+    live = (
+        Live(console=console, auto_refresh=False, transient=True)
+        if table and console.is_terminal
+        else None
+    )
+
+    async def pipe(stream: asyncio.StreamReader, name: str) -> None:
+        while line := await stream.readline():
+            text = Text(f"{name} | ", style="cyan") + Text(
+                line.decode(errors="replace").rstrip("\n")
+            )
+            console.print(text)
+
+    async def refresh() -> None:
+        while live is not None:
+            live.update(_table(await orchestrator.storage.recent(40)), refresh=True)
+            await asyncio.sleep(0.5)
+
+    assert process.stdout is not None and process.stderr is not None
+    pipes = [
+        asyncio.ensure_future(pipe(process.stdout, "app")),
+        asyncio.ensure_future(pipe(process.stderr, "app")),
+    ]
+    if live is not None:
+        live.start()
+    refresher = asyncio.ensure_future(refresh())
+    try:
+        code = await process.wait()
+        await asyncio.gather(*pipes)
+    finally:
+        refresher.cancel()
+        if live is not None:
+            live.stop()
+        server.should_exit = True
+        await server.task  # type: ignore[attr-defined]
+        logging.getLogger("dispatch").removeHandler(handler)
+    return code
+
+
+def _forward(process: asyncio.subprocess.Process, sig: int) -> None:
+    if process.returncode is None:
+        process.send_signal(sig)
+
+
+_STATE_STYLE = {RUNNING: "yellow", WAITING: "blue", DONE: "green"}
+
+
+def _table(calls: list[CallSummary]) -> Table:
+    table = Table(title="calls", expand=False)
+    for column in ("function", "status", "attempt", "duration"):
+        table.add_column(column)
+    depth: dict[str, int] = {}
+    now = time.time()
+    for call in calls:
+        level = depth[call.id] = depth.get(call.parent_id or "", -1) + 1 if call.parent_id else 0
+        if call.state == DONE:
+            if call.status == CANCELLED:
+                status, style = "cancelled", "dim"
+            else:
+                status = Status(call.status).name if call.status is not None else "done"
+                style = "green" if call.status == Status.OK.value else "red"
+        else:
+            status, style = call.state, _STATE_STYLE.get(call.state, "")
+        duration = (call.finished_at or now) - call.created_at
+        table.add_row(
+            "  " * level + ("└ " if level else "") + call.function,
+            Text(status, style=style),
+            str(call.attempt),
+            f"{duration:.2f}s",
+        )
+    return table
+
+
+async def _server(db: str | None, host: str, port: int) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    keys = _local.keys()
+    api_key = os.environ.get("DISPATCH_API_KEY") or keys.api_key
+    signing = os.environ.get("DISPATCH_SIGNING_KEY") or keys.signing_key
+    private = _signature.load_private_key(signing)
+    orchestrator = Orchestrator(open_storage(_database(db)), signing_key=private, api_key=api_key)
+    server = Server(_config(orchestrator, host, port))
+    public = _signature.public_key_text(private)
+    print(
+        f"dispatch: orchestrator on http://{host}:{port}; endpoints verify its requests with "
+        f"DISPATCH_VERIFICATION_KEY={public}",
+        file=sys.stderr,
+        flush=True,
+    )
+    await server.serve()
+    return 0

@@ -1,0 +1,71 @@
+"""The local state directory (``.dispatch/``): the embedded database and keys.
+
+Keys are made on first use and kept, so that a restarted application (or
+``dispatch run``) resumes the coroutines it suspended before: snapshots are
+sealed with the seal key, and the endpoint trusts the orchestrator's
+signing key. The file is readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _signature, _wire
+
+
+def directory() -> Path:
+    """``DISPATCH_DIR``, or ``.dispatch`` in the working directory."""
+    return Path(os.environ.get("DISPATCH_DIR") or ".dispatch")
+
+
+@dataclass(frozen=True)
+class LocalKeys:
+    seal_key: bytes
+    signing_key: str
+    """The orchestrator's Ed25519 private key (base64)."""
+    verification_key: str
+    """Its public key (base64), which endpoints check signatures against."""
+    api_key: str
+
+    def seal_key_text(self) -> str:
+        return base64.b64encode(self.seal_key).decode()
+
+
+def keys(path: Path | None = None) -> LocalKeys:
+    """The keys in ``path`` (``<directory>/keys.json``), made there if missing."""
+    path = path or directory() / "keys.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return LocalKeys(
+            seal_key=base64.b64decode(data["seal_key"]),
+            signing_key=data["signing_key"],
+            verification_key=data["verification_key"],
+            api_key=data["api_key"],
+        )
+    private, public = _signature.generate_keypair()
+    made = LocalKeys(
+        seal_key=_wire.generate_key(),
+        signing_key=private,
+        verification_key=public,
+        api_key=secrets.token_urlsafe(32),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "seal_key": made.seal_key_text(),
+        "signing_key": made.signing_key,
+        "verification_key": made.verification_key,
+        "api_key": made.api_key,
+    }
+    # Written to a private temporary file, then renamed: never readable by
+    # others, never half-written.
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(document, file)
+    os.replace(temporary, path)
+    return made
