@@ -4,7 +4,8 @@
 
     DispatchError
     ├── CallError          a call failed and its exception could not be brought back
-    └── ClientError        the orchestrator refused a request from the client
+    ├── ClientError        the orchestrator refused a request from the client
+    └── OutputRejected     a function returned a value its output type handler rejected
 """
 
 from __future__ import annotations
@@ -45,3 +46,16 @@ class ClientError(DispatchError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (ClientError, (self.status, self.message))
+
+
+class OutputRejected(DispatchError):
+    """A function returned a value that the handler registered for its type
+    (``register_output_type``) turned into an error status."""
+
+    def __init__(self, value: object, status: Status) -> None:
+        super().__init__(f"the function returned {value!r}, which means {status.name}")
+        self.value = value
+        self.status = status
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (OutputRejected, (self.value, self.status))

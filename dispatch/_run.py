@@ -60,6 +60,13 @@ def run(init: Callable[[], Any] | None = None) -> None:
     SIGTERM shuts down cleanly: attempts in flight finish first, and nothing
     accepted is lost.
     """
+    package_logger = logging.getLogger("dispatch")
+    if not package_logger.handlers and not logging.getLogger().handlers:
+        # What happens to calls (retries, failures) is worth seeing by default.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("dispatch: %(message)s"))
+        package_logger.addHandler(handler)
+        package_logger.setLevel(logging.INFO)
     settings = _config.Settings.from_env()
     if settings.api_url:
         _run_connected(settings, init)

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import _wire
 from ._combinators import ALL, RACE, Combinator
-from ._errors import CallError
+from ._errors import CallError, OutputRejected
 from ._function import Call, Function, _outbox
 from ._status import Status, status_for_error, status_for_output
 from .experimental.durable import dumps as snapshot
@@ -524,9 +524,8 @@ class _Run:
         except Exception as error:
             return self.fail(Status.PERMANENT_ERROR, error)
         if status is not Status.OK:
-            return self.respond(
-                status, _wire.Exit(error=self.wire_error(status, _OutputError(value)))
-            )
+            rejected = OutputRejected(value, status)
+            return self.respond(status, _wire.Exit(error=self.wire_error(status, rejected)))
         return self.respond(status, _wire.Exit(output=output))
 
     def exit_error(self, error: BaseException) -> _wire.RunResponse:
@@ -563,14 +562,6 @@ class _TailCall:
 
     def __init__(self, call: Call[Any]) -> None:
         self.call = call
-
-
-class _OutputError(Exception):
-    """A function returned a value its registered output type handler rejected."""
-
-    def __init__(self, value: Any) -> None:
-        super().__init__(f"the function returned {value!r}")
-        self.value = value
 
 
 @durable

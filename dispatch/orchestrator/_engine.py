@@ -307,16 +307,30 @@ class Engine:
         self, call: Claimed, now: float, status: Status, output: bytes | None, error: bytes | None
     ) -> Transition:
         if status.retry and call.attempt < self.policy.max_attempts:
-            due = now + (
-                0.0 if status is Status.INCOMPATIBLE_STATE else self.policy.delay(call.attempt)
-            )
-            if call.expires_at is None or due < call.expires_at:
-                return Retry(
-                    due_at=due,
-                    status=status.value,
-                    error=error,
-                    restart=status is Status.INCOMPATIBLE_STATE,
+            restart = status is Status.INCOMPATIBLE_STATE
+            delay = 0.0 if restart else self.policy.delay(call.attempt)
+            if call.expires_at is None or now + delay < call.expires_at:
+                logger.info(
+                    "%s (%s): attempt %d: %s%s; %s in %.2fs",
+                    call.function,
+                    call.id,
+                    call.attempt,
+                    status.name,
+                    _describe(error),
+                    "restarting from its input" if restart else "retrying",
+                    delay,
                 )
+                return Retry(due_at=now + delay, status=status.value, error=error, restart=restart)
+        if error is not None:
+            logger.warning(
+                "%s (%s): failed with %s%s after %d attempt%s",
+                call.function,
+                call.id,
+                status.name,
+                _describe(error),
+                call.attempt,
+                "" if call.attempt == 1 else "s",
+            )
         if status is Status.OK and output is None:
             output = b"\xc0"  # None
         return Finish(status.value, output=output if error is None else None, error=error)
@@ -360,6 +374,17 @@ def _results(call: Claimed) -> tuple[_wire.CallResult, ...]:
             )
         )
     return tuple(results)
+
+
+def _describe(error: bytes | None) -> str:
+    if error is None:
+        return ""
+    try:
+        decoded = _wire.Error.from_msgpack(error)
+    except _wire.ProtocolError:
+        return ""
+    message = decoded.message if len(decoded.message) <= 200 else decoded.message[:200] + "..."
+    return f" ({decoded.type}: {message})" if message else f" ({decoded.type})"
 
 
 def _error(status: Status, error_type: str, message: str) -> bytes:
