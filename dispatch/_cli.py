@@ -19,8 +19,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.live import Live
@@ -30,7 +30,7 @@ from rich.text import Text
 from . import _local, _signature
 from ._run import Server
 from ._status import Status
-from .orchestrator import Orchestrator, open_storage
+from .orchestrator import DatabaseLocked, Orchestrator, RetryPolicy, open_storage
 from .orchestrator._storage import CANCELLED, DONE, RUNNING, WAITING, CallSummary
 
 logger = logging.getLogger("dispatch")
@@ -47,13 +47,43 @@ def main(argv: Sequence[str] | None = None) -> None:
     server.add_argument("--db", help="database URL or path (default: .dispatch/dispatch.db)")
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=4001)
+    defaults = RetryPolicy()
+    server.add_argument(
+        "--max-attempts",
+        type=_positive(int),
+        default=defaults.max_attempts,
+        help=f"attempts a call gets in all (default: {defaults.max_attempts})",
+    )
+    server.add_argument(
+        "--attempt-timeout",
+        type=_positive(float),
+        default=defaults.attempt_timeout,
+        help=f"seconds an endpoint has to answer (default: {defaults.attempt_timeout:g})",
+    )
     args = parser.parse_args(argv)
-    if args.command == "run":
-        command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-        if not command:
-            parser.error("dispatch run needs a command: dispatch run -- python app.py")
-        sys.exit(asyncio.run(_run(command, args.db, table=not args.no_table)))
-    sys.exit(asyncio.run(_server(args.db, args.host, args.port)))
+    try:
+        if args.command == "run":
+            command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not command:
+                parser.error("dispatch run needs a command: dispatch run -- python app.py")
+            sys.exit(asyncio.run(_run(command, args.db, table=not args.no_table)))
+        policy = RetryPolicy(max_attempts=args.max_attempts, attempt_timeout=args.attempt_timeout)
+        sys.exit(asyncio.run(_server(args.db, args.host, args.port, policy)))
+    except DatabaseLocked as error:
+        parser.exit(1, f"dispatch: {error}\n")
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
 
 
 def _database(db: str | None) -> str:
@@ -71,13 +101,36 @@ def _free_port() -> int:
         return port
 
 
+def _print_line(source: str, text: str, console: Console, output: TextIO) -> None:
+    """One line of ``source``'s output, prefixed with its name.
+
+    On a terminal, through rich (colour, and the live table stays below);
+    otherwise verbatim: no wrapping, no tab expansion, each stream to its own.
+    """
+    try:
+        if console.is_terminal:
+            prefix = Text(f"{source} | ", style=_SOURCE_STYLE[source])
+            console.print(prefix + Text(text), soft_wrap=True, highlight=False)
+        else:
+            output.write(f"{source} | {text}\n")
+            output.flush()
+    except OSError:
+        pass  # the terminal or pipe is gone: nobody is reading
+
+
+_SOURCE_STYLE = {"app": "cyan", "orchestrator": "magenta"}
+
+
 class _Prefixed(logging.Handler):
+    """The orchestrator's log lines, prefixed, to stderr (or above the live table)."""
+
     def __init__(self, console: Console) -> None:
         super().__init__()
         self.console = console
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.console.print(Text("orchestrator | ", style="magenta") + Text(self.format(record)))
+        for line in self.format(record).splitlines():
+            _print_line("orchestrator", line, self.console, sys.stderr)
 
 
 async def _serve(orchestrator: Orchestrator, host: str, port: int) -> Server:
@@ -121,17 +174,25 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
         "DISPATCH_SEAL_KEY": keys.seal_key_text(),
         "PYTHONUNBUFFERED": "1",
     }
-    # In a session of its own: a Ctrl-C at the terminal reaches only this
-    # process, which passes it on once (a second one would force an exit).
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    try:
+        # In a session of its own: a Ctrl-C at the terminal reaches only this
+        # process, which passes it on once (a second one would force an exit).
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as error:
+        print(f"dispatch: cannot run {command[0]}: {error.strerror}", file=sys.stderr)
+        server.should_exit = True
+        await server.task  # type: ignore[attr-defined]
+        # The shell's codes: 127 not found, 126 found but not runnable.
+        return 127 if isinstance(error, FileNotFoundError) else 126
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: when the terminal closes, the command must not outlive us.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, _forward, process, sig)
     live = (
         Live(console=console, auto_refresh=False, transient=True)
@@ -139,12 +200,9 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
         else None
     )
 
-    async def pipe(stream: asyncio.StreamReader, name: str) -> None:
+    async def pipe(stream: asyncio.StreamReader, output: TextIO) -> None:
         while line := await stream.readline():
-            text = Text(f"{name} | ", style="cyan") + Text(
-                line.decode(errors="replace").rstrip("\n")
-            )
-            console.print(text)
+            _print_line("app", line.decode(errors="replace").rstrip("\n"), console, output)
 
     async def refresh() -> None:
         while live is not None:
@@ -153,8 +211,8 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
 
     assert process.stdout is not None and process.stderr is not None
     pipes = [
-        asyncio.ensure_future(pipe(process.stdout, "app")),
-        asyncio.ensure_future(pipe(process.stderr, "app")),
+        asyncio.ensure_future(pipe(process.stdout, sys.stdout)),
+        asyncio.ensure_future(pipe(process.stderr, sys.stderr)),
     ]
     if live is not None:
         live.start()
@@ -169,7 +227,8 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
         server.should_exit = True
         await server.task  # type: ignore[attr-defined]
         logging.getLogger("dispatch").removeHandler(handler)
-    return code
+    # A command killed by signal N exits, as in a shell, with 128 + N.
+    return code if code >= 0 else 128 - code
 
 
 def _forward(process: asyncio.subprocess.Process, sig: int) -> None:
@@ -206,13 +265,15 @@ def _table(calls: list[CallSummary]) -> Table:
     return table
 
 
-async def _server(db: str | None, host: str, port: int) -> int:
+async def _server(db: str | None, host: str, port: int, policy: RetryPolicy) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     keys = _local.keys()
     api_key = os.environ.get("DISPATCH_API_KEY") or keys.api_key
     signing = os.environ.get("DISPATCH_SIGNING_KEY") or keys.signing_key
     private = _signature.load_private_key(signing)
-    orchestrator = Orchestrator(open_storage(_database(db)), signing_key=private, api_key=api_key)
+    orchestrator = Orchestrator(
+        open_storage(_database(db)), signing_key=private, api_key=api_key, policy=policy
+    )
     server = Server(_config(orchestrator, host, port))
     public = _signature.public_key_text(private)
     print(

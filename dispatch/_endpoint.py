@@ -119,15 +119,24 @@ class Dispatch:
                 return PlainTextResponse(f"unauthenticated: {error}", status_code=401)
             except _signature.SignatureError as error:
                 return PlainTextResponse(f"permission denied: {error}", status_code=403)
+        status, content = await self.handle(body)
+        if status != 200:
+            return PlainTextResponse(content.decode(), status_code=status)
+        return Response(content, media_type=MSGPACK)
+
+    async def handle(self, body: bytes) -> tuple[int, bytes]:
+        """Run the RunRequest in ``body``: (200, RunResponse) or (4xx, what is wrong).
+
+        The request is taken as authentic: the HTTP route verifies signatures
+        first; an embedded orchestrator calls this directly.
+        """
         try:
             run_request = _wire.RunRequest.from_msgpack(body)
         except _wire.ProtocolError as error:
-            return PlainTextResponse(f"bad request: {error}", status_code=400)
+            return 400, f"bad request: {error}".encode()
         function = self.registry.lookup(run_request.function)
         if function is None:
-            return PlainTextResponse(
-                f"function {run_request.function!r} does not exist", status_code=404
-            )
+            return 404, f"function {run_request.function!r} does not exist".encode()
         try:
             response = await self.scheduler.run(function, run_request)
         except Exception as error:  # a bug in dispatch: the call is retried
@@ -142,7 +151,7 @@ class Dispatch:
                     )
                 ),
             )
-        return Response(response.to_msgpack(), media_type=MSGPACK)
+        return 200, response.to_msgpack()
 
     async def _body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")

@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from . import _config, _local, _signature, _wire
+from . import _config, _local, _wire
 from ._client import Client
 from ._endpoint import Dispatch
 from ._function import Call, DispatchID, default_registry
@@ -70,8 +70,13 @@ def run(init: Callable[[], Any] | None = None) -> None:
     settings = _config.Settings.from_env()
     if settings.api_url:
         _run_connected(settings, init)
-    else:
+        return
+    from .orchestrator import DatabaseLocked
+
+    try:
         _run_embedded(settings, init)
+    except DatabaseLocked as error:
+        raise SystemExit(f"dispatch: {error}") from None
 
 
 def _address(settings: _config.Settings) -> tuple[str, int]:
@@ -110,20 +115,18 @@ class _Embedded:
 
 
 def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) -> None:
-    from .orchestrator import ASGIInvoker, NewCall, Orchestrator, SQLiteStorage
+    from .orchestrator import DirectInvoker, NewCall, Orchestrator, SQLiteStorage
     from .orchestrator._engine import new_id
 
     directory = _local.directory()
     keys = _local.keys()
     seal_keys = list(settings.seal_keys) or [keys.seal_key]
-    token = object()
-    endpoint = Dispatch(verification_key=keys.verification_key, seal_keys=seal_keys, trusted=token)
+    endpoint = Dispatch(verification_key=keys.verification_key, seal_keys=seal_keys)
     storage = SQLiteStorage(str(directory / "dispatch.db"))
+    # The orchestrator calls the endpoint in process: unsigned, as no request
+    # crosses a network (the endpoint still verifies any that arrive over HTTP).
     orchestrator = Orchestrator(
-        storage,
-        signing_key=_signature.load_private_key(keys.signing_key),
-        api_key=keys.api_key,
-        invoker=ASGIInvoker(endpoint, token),
+        storage, signing_key=None, api_key=keys.api_key, invoker=DirectInvoker(endpoint)
     )
     host, port = _address(settings)
     if "DISPATCH_ENDPOINT_ADDR" not in os.environ and not _free(host, port):

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from ._api import api_app
 from ._engine import Engine, RetryPolicy
-from ._invoker import ASGIInvoker, HTTPInvoker, Invoker, TransportError
+from ._invoker import ASGIInvoker, DirectInvoker, HTTPInvoker, Invoker, TransportError
 from ._limiter import Limiter
 from ._sqlite import DatabaseLocked, SQLiteStorage
 from ._storage import CallRecord, NewCall, Storage
@@ -28,6 +28,7 @@ __all__ = [
     "ASGIInvoker",
     "CallRecord",
     "DatabaseLocked",
+    "DirectInvoker",
     "Engine",
     "HTTPInvoker",
     "Invoker",

@@ -124,8 +124,8 @@ class Engine:
         try:
             while not self._stopping:
                 self._wake.clear()
-                await self._fill()
-                await self._sleep()
+                claimed = await self._fill()
+                await self._sleep(claimed)
         finally:
             renewing.cancel()
 
@@ -137,16 +137,30 @@ class Engine:
             await asyncio.wait(list(self._attempts.values()), timeout=grace)
         for task in self._attempts.values():
             task.cancel()
+        # Wait for the cancelled ones too: once stopped, nothing may touch the storage.
+        if self._attempts:
+            await asyncio.wait(list(self._attempts.values()))
 
-    async def _sleep(self) -> None:
+    async def _sleep(self, claimed: bool) -> None:
+        """Until new work may be due: a wake-up, or the next due time."""
         due = await self.storage.next_due()
-        timeout = 1.0 if due is None else min(1.0, max(0.0, due - self.clock()))
-        if timeout > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-
-    async def _fill(self) -> None:
         now = self.clock()
+        if due is None or (due <= now and not claimed):
+            # Nothing due, or due but no endpoint has room: an attempt
+            # finishing (or new calls) will wake us.
+            timeout = 1.0
+        else:
+            timeout = min(1.0, max(0.0, due - now))
+        if timeout <= 0:
+            await asyncio.sleep(0)  # let the attempts just started run
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _fill(self) -> bool:
+        """Claim due calls for every endpoint with room; whether any were claimed."""
+        now = self.clock()
+        claimed_any = False
         for endpoint in await self.storage.due_endpoints(now):
             limiter = self.limiter(endpoint)
             free = limiter.available()
@@ -154,8 +168,10 @@ class Engine:
                 continue
             claimed = await self.storage.claim(self.owner, endpoint, free, now, self.lease)
             limiter.acquire(len(claimed))
+            claimed_any = claimed_any or bool(claimed)
             for call in claimed:
                 self._attempts[call.id] = asyncio.ensure_future(self._attempt(call))
+        return claimed_any
 
     async def _renew_leases(self) -> None:
         while True:
@@ -164,6 +180,10 @@ class Engine:
                 await self.storage.renew(
                     self.owner, list(self._attempts), self.clock() + self.lease
                 )
+                # Leases that expired all the same (an answer that could not be
+                # recorded, an orchestrator that died) make their calls due again.
+                if await self.storage.recover(self.clock()):
+                    self.wake()
             except Exception:
                 logger.exception("renewing leases failed")
 

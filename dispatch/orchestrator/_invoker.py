@@ -86,6 +86,33 @@ def _connector_status(error: aiohttp.ClientConnectorError) -> Status:
 from .._endpoint import TRUSTED  # noqa: E402
 
 
+class DirectInvoker:
+    """Calls a dispatch endpoint object in process, for an embedded orchestrator:
+    no socket, no HTTP, no signature (nothing outside the process is involved)."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result: tuple[int, bytes] = await self.endpoint.handle(body)
+        except TimeoutError as error:
+            raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s") from error
+        except Exception as error:
+            # What a server does for an app that raises: an error answer, not a crash.
+            raise TransportError(Status.HTTP_ERROR, f"the endpoint failed: {error!r}") from error
+        if deadline.expired():
+            # The endpoint caught its cancellation and answered anyway: too late all the same.
+            raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s")
+        return result
+
+    async def close(self) -> None:
+        pass
+
+
 class ASGIInvoker:
     """Calls an ASGI app in process: no socket, no HTTP parsing, no signature.
 
@@ -137,9 +164,16 @@ class ASGIInvoker:
                 chunks.append(message.get("body", b""))
 
         try:
-            await asyncio.wait_for(self.app(scope, receive, send), timeout)
+            async with asyncio.timeout(timeout) as deadline:
+                await self.app(scope, receive, send)
         except TimeoutError as error:
             raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s") from error
+        except Exception as error:
+            # What a server does for an app that raises: an error answer, not a crash.
+            raise TransportError(Status.HTTP_ERROR, f"the endpoint failed: {error!r}") from error
+        if deadline.expired():
+            # The app caught its cancellation and answered anyway: too late all the same.
+            raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s")
         return status, b"".join(chunks)
 
     async def close(self) -> None:

@@ -91,6 +91,18 @@ MIGRATIONS = [
         PRIMARY KEY (call_id, number)
     );
     """,
+    # 2: per parent, its children not yet done and its results not yet
+    # delivered, so waking a parent reads one row instead of counting.
+    """
+    ALTER TABLE calls ADD COLUMN outstanding INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE calls ADD COLUMN undelivered INTEGER NOT NULL DEFAULT 0;
+    UPDATE calls SET
+        outstanding = (SELECT COUNT(*) FROM calls AS child
+                       WHERE child.parent_id = calls.id AND child.state != 'done'),
+        undelivered = (SELECT COUNT(*) FROM results
+                       WHERE results.parent_id = calls.id AND results.delivered = 0)
+    WHERE state != 'done';
+    """,
 ]
 
 _CLAIMED = (
@@ -242,11 +254,7 @@ class SQLiteStorage:
                         results=results,
                     )
                 )
-            db.executemany(
-                "INSERT OR REPLACE INTO attempts (call_id, number, attempt, started_at) "
-                "VALUES (?, ?, ?, ?)",
-                [(c.id, c.run, c.attempt, now) for c in claimed],
-            )
+
         return claimed
 
     async def complete(self, completion: Completion) -> bool:
@@ -296,22 +304,29 @@ class SQLiteStorage:
             if not updated:
                 return False
             db.execute(
-                "UPDATE attempts SET finished_at = ?, status = ?, error_type = ?, "
-                "error_message = ?, snapshot_size = ? WHERE call_id = ? AND number = ?",
+                "INSERT OR REPLACE INTO attempts (call_id, number, attempt, started_at, "
+                "finished_at, status, error_type, error_message, snapshot_size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
+                    call.id,
+                    call.run,
+                    call.attempt,
+                    now - completion.duration,
                     now,
                     completion.status,
                     completion.error_type,
                     completion.error_message,
                     completion.snapshot_size,
-                    call.id,
-                    call.run,
                 ),
             )
             if not isinstance(transition, Retry) and call.results:
                 db.executemany(
                     "UPDATE results SET delivered = 1 WHERE seq = ?",
                     [(result.seq,) for result in call.results],
+                )
+                db.execute(
+                    "UPDATE calls SET undelivered = undelivered - ? WHERE id = ?",
+                    (len(call.results), call.id),
                 )
             if completion.dispatched:
                 _insert(db, completion.dispatched, now)
@@ -320,8 +335,13 @@ class SQLiteStorage:
                 # and its correlation ids would collide with the new run's.
                 _cancel_children(db, call.id, now)
                 db.execute("UPDATE results SET delivered = 1 WHERE parent_id = ?", (call.id,))
+                db.execute("UPDATE calls SET undelivered = 0 WHERE id = ?", (call.id,))
             if isinstance(transition, Suspend):
                 _insert(db, transition.children, now)
+                db.execute(
+                    "UPDATE calls SET outstanding = outstanding + ? WHERE id = ?",
+                    (len(transition.children), call.id),
+                )
                 if transition.cancel:
                     marks = ",".join("?" * len(transition.cancel))
                     ids = [
@@ -335,11 +355,19 @@ class SQLiteStorage:
                     _cancel_trees(db, ids, now, notify_parents=False)
                 _wake(db, call.id, now)
             elif isinstance(transition, Finish):
-                # A finished call's children still running are of no use to anyone.
-                _cancel_children(db, call.id, now)
+                if call.run > 1:  # a first run has no children yet
+                    # A finished call's children still running are of no use to anyone.
+                    _cancel_children(db, call.id, now)
                 if call.parent_id is not None:
-                    _deliver(db, call.id, transition.status, transition.output, transition.error)
-                    _wake(db, call.parent_id, now)
+                    _deliver(
+                        db,
+                        call.id,
+                        call.parent_id,
+                        transition.status,
+                        transition.output,
+                        transition.error,
+                        now,
+                    )
         return True
 
     async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
@@ -354,8 +382,10 @@ class SQLiteStorage:
 
     async def recover(self, now: float) -> int:
         with self._transaction() as db:
+            # Due when it was claimed (at the latest, now): recover(inf) must not
+            # make a call due at infinity, that is never.
             return db.execute(
-                "UPDATE calls SET state = 'pending', due_at = ?, lease_owner = NULL "
+                "UPDATE calls SET state = 'pending', due_at = MIN(due_at, ?), lease_owner = NULL "
                 "WHERE state = 'running' AND lease_expires <= ?",
                 (now, now),
             ).rowcount
@@ -368,11 +398,13 @@ class SQLiteStorage:
         return row[0] if row else None
 
     async def due_endpoints(self, now: float) -> list[str]:
+        # Waiting calls past their max wait are due too: claim() resumes them.
         return [
             row[0]
             for row in self.db.execute(
-                "SELECT DISTINCT endpoint FROM calls WHERE state = 'pending' AND due_at <= ?",
-                (now,),
+                "SELECT endpoint FROM calls WHERE state = 'pending' AND due_at <= ? UNION "
+                "SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= ?",
+                (now, now),
             )
         ]
 
@@ -447,37 +479,36 @@ def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> Non
 
 
 def _deliver(
-    db: sqlite3.Connection, child_id: str, status: int, output: bytes | None, error: bytes | None
+    db: sqlite3.Connection,
+    child_id: str,
+    parent_id: str,
+    status: int,
+    output: bytes | None,
+    error: bytes | None,
+    now: float,
 ) -> None:
-    """Record a child's result for its parent, once (a unique child id)."""
-    db.execute(
+    """Record a finished child's result for its parent (once: a unique child
+    id), and make the parent due if that gives it the results it waits for."""
+    new = db.execute(
         "INSERT INTO results (parent_id, correlation_id, child_id, status, output, error) "
         "SELECT parent_id, correlation_id, id, ?, ?, ? FROM calls WHERE id = ? "
         "ON CONFLICT (child_id) DO NOTHING",
         (status, output, error, child_id),
+    ).rowcount
+    db.execute(
+        "UPDATE calls SET undelivered = undelivered + ?, outstanding = outstanding - 1 "
+        "WHERE id = ?",
+        (new, parent_id),
     )
+    _wake(db, parent_id, now)
 
 
 def _wake(db: sqlite3.Connection, call_id: str, now: float) -> None:
-    """Make a waiting call due if it has the results it asked for, or all it can get."""
-    row = db.execute(
-        "SELECT min_results FROM calls WHERE id = ? AND state = 'waiting'", (call_id,)
-    ).fetchone()
-    if row is None:
-        return
-    (undelivered,) = db.execute(
-        "SELECT COUNT(*) FROM results WHERE parent_id = ? AND delivered = 0", (call_id,)
-    ).fetchone()
-    if undelivered < row[0]:
-        if not undelivered:
-            return
-        outstanding = db.execute(
-            "SELECT 1 FROM calls WHERE parent_id = ? AND state != 'done' LIMIT 1", (call_id,)
-        ).fetchone()
-        if outstanding is not None:
-            return
+    """Make a waiting call due if it has the results it asked for, or has
+    some and will get no more (no child left running)."""
     db.execute(
-        "UPDATE calls SET state = 'pending', due_at = ? WHERE id = ? AND state = 'waiting'",
+        "UPDATE calls SET state = 'pending', due_at = ? WHERE id = ? AND state = 'waiting' "
+        "AND (undelivered >= min_results OR (undelivered > 0 AND outstanding <= 0))",
         (now, call_id),
     )
 
@@ -520,14 +551,17 @@ def _cancel_trees(
     error = _CANCELLED_ERROR.to_msgpack()
     db.executemany(
         "UPDATE calls SET state = 'done', status = ?, error = ?, finished_at = ?, "
-        "snapshot = NULL, lease_owner = NULL WHERE id = ?",
+        "snapshot = NULL, lease_owner = NULL, outstanding = 0 WHERE id = ?",
         [(CANCELLED, error, now, call_id) for call_id in ids],
     )
-    if notify_parents:
-        cancelled = set(ids)
-        for call_id in roots:
-            row = db.execute("SELECT parent_id FROM calls WHERE id = ?", (call_id,)).fetchone()
-            if row and row[0] is not None and row[0] not in cancelled:
-                _deliver(db, call_id, Status.PERMANENT_ERROR.value, None, error)
-                _wake(db, row[0], now)
+    cancelled = set(ids)
+    for call_id in roots:
+        row = db.execute("SELECT parent_id FROM calls WHERE id = ?", (call_id,)).fetchone()
+        parent = row[0] if row else None
+        if parent is None or parent in cancelled or call_id not in cancelled:
+            continue
+        if notify_parents:
+            _deliver(db, call_id, parent, Status.PERMANENT_ERROR.value, None, error, now)
+        else:
+            db.execute("UPDATE calls SET outstanding = outstanding - 1 WHERE id = ?", (parent,))
     return len(ids)

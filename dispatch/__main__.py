@@ -1,0 +1,5 @@
+"""``python -m dispatch``: the ``dispatch`` command."""
+
+from ._cli import main
+
+main()
