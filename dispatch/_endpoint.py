@@ -34,8 +34,6 @@ from ._status import Status
 logger = logging.getLogger("dispatch")
 
 MSGPACK = "application/msgpack"
-TRUSTED = "dispatch.trusted"
-"""ASGI scope key of requests an embedded orchestrator passes in process."""
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
@@ -64,7 +62,6 @@ class Dispatch:
         path: str = "/dispatch",
         max_body: int = DEFAULT_MAX_BODY,
         scheduler: Scheduler | None = None,
-        trusted: object | None = None,
     ) -> None:
         settings = _config.Settings.from_env()
         if insecure is not None:
@@ -76,9 +73,6 @@ class Dispatch:
         self.sealer = _config.sealer(settings)
         self.scheduler = scheduler or Scheduler(self.sealer)
         self.max_body = max_body
-        # Requests an embedded orchestrator passes in process carry this object
-        # in their ASGI scope; nothing arriving over a network can.
-        self._trusted = trusted
         self.path = path.rstrip("/")
         self.app = Starlette(
             routes=[
@@ -108,8 +102,7 @@ class Dispatch:
             body = await self._body(request)
         except _TooLarge:
             return PlainTextResponse(f"body larger than {self.max_body} bytes", status_code=413)
-        trusted = self._trusted is not None and request.scope.get(TRUSTED) is self._trusted
-        if self.verifier is not None and not trusted:
+        if self.verifier is not None:
             try:
                 # The path as the orchestrator sent it, whatever app this is mounted in.
                 raw = request.scope.get("raw_path")

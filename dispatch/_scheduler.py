@@ -231,6 +231,12 @@ class _Run:
             if self.result is not None or self.running:
                 self.close_all()
             await self.settle_cancelled()
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            # The request itself was cancelled (a timeout, a shutdown) while the
+            # coroutine awaited something else, and the coroutine made that its
+            # failure: not an answer to give.
+            raise asyncio.CancelledError
         if self.result is not None:
             ok, value = self.result
             if ok:

@@ -20,12 +20,13 @@ from ._engine import Engine, RetryPolicy
 from ._invoker import ASGIInvoker, DirectInvoker, HTTPInvoker, Invoker, TransportError
 from ._limiter import Limiter
 from ._sqlite import DatabaseLocked, SQLiteStorage
-from ._storage import CallRecord, NewCall, Storage
+from ._storage import CallConflict, CallRecord, NewCall, Storage
 
 logger = logging.getLogger("dispatch.orchestrator")
 
 __all__ = [
     "ASGIInvoker",
+    "CallConflict",
     "CallRecord",
     "DatabaseLocked",
     "DirectInvoker",

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from .. import _wire
 from ._engine import Engine, new_id
-from ._storage import NewCall
+from ._storage import CallConflict, NewCall
 
 MSGPACK = "application/msgpack"
 MAX_BODY = 64 * 1024 * 1024
@@ -67,7 +67,10 @@ def api_app(engine: Engine, api_key: str | None) -> Starlette:
                     expires_at=now + engine.policy.expiration,
                 )
             )
-        await engine.submit(calls)
+        try:
+            await engine.submit(calls)
+        except CallConflict as error:
+            return PlainTextResponse(f"conflict: {error}", status_code=409)
         ids = _wire.DispatchResponse(dispatch_ids=tuple(c.id for c in calls))
         return Response(ids.to_msgpack(), media_type=MSGPACK)
 

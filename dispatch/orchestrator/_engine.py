@@ -124,8 +124,9 @@ class Engine:
         try:
             while not self._stopping:
                 self._wake.clear()
-                claimed = await self._fill()
-                await self._sleep(claimed)
+                now = self.clock()
+                claimed = await self._fill(now)
+                await self._sleep(claimed, now)
         finally:
             renewing.cancel()
 
@@ -141,25 +142,24 @@ class Engine:
         if self._attempts:
             await asyncio.wait(list(self._attempts.values()))
 
-    async def _sleep(self, claimed: bool) -> None:
-        """Until new work may be due: a wake-up, or the next due time."""
+    async def _sleep(self, claimed: bool, filled: float) -> None:
+        """Until new work may be due: a wake-up, or the next due time.
+        ``claimed``: whether the fill at time ``filled`` claimed anything."""
         due = await self.storage.next_due()
-        now = self.clock()
-        if due is None or (due <= now and not claimed):
-            # Nothing due, or due but no endpoint has room: an attempt
-            # finishing (or new calls) will wake us.
+        if due is None or (due <= filled and not claimed):
+            # Nothing due, or due when we filled but no endpoint had room: an
+            # attempt finishing (or new calls) will wake us.
             timeout = 1.0
         else:
-            timeout = min(1.0, max(0.0, due - now))
+            timeout = min(1.0, max(0.0, due - self.clock()))
         if timeout <= 0:
             await asyncio.sleep(0)  # let the attempts just started run
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _fill(self) -> bool:
+    async def _fill(self, now: float) -> bool:
         """Claim due calls for every endpoint with room; whether any were claimed."""
-        now = self.clock()
         claimed_any = False
         for endpoint in await self.storage.due_endpoints(now):
             limiter = self.limiter(endpoint)

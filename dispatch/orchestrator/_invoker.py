@@ -83,9 +83,6 @@ def _connector_status(error: aiohttp.ClientConnectorError) -> Status:
     return Status.TCP_ERROR
 
 
-from .._endpoint import TRUSTED  # noqa: E402
-
-
 class DirectInvoker:
     """Calls a dispatch endpoint object in process, for an embedded orchestrator:
     no socket, no HTTP, no signature (nothing outside the process is involved)."""
@@ -114,15 +111,11 @@ class DirectInvoker:
 
 
 class ASGIInvoker:
-    """Calls an ASGI app in process: no socket, no HTTP parsing, no signature.
+    """Calls an ASGI app in process (a FastAPI or Starlette app serving a
+    dispatch endpoint, say): no socket, the same signed requests as over HTTP."""
 
-    Requests carry ``token`` in their ASGI scope, which nothing arriving over
-    a network can; an endpoint built with the same token trusts them.
-    """
-
-    def __init__(self, app: Any, token: object) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.token = token
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: float
@@ -142,7 +135,6 @@ class ASGIInvoker:
             + [(name.lower().encode(), value.encode()) for name, value in headers.items()],
             "client": None,
             "server": None,
-            TRUSTED: self.token,
         }
         sent = False
         status = 500

@@ -23,6 +23,7 @@ from ._storage import (
     RUNNING,
     WAITING,
     AttemptRecord,
+    CallConflict,
     CallRecord,
     CallSummary,
     Claimed,
@@ -201,7 +202,17 @@ class SQLiteStorage:
 
     async def create(self, calls: Sequence[NewCall], now: float) -> None:
         with self._transaction() as db:
-            _insert(db, calls, now)
+            created = _insert(db, calls, now, existing_ok=True)
+            if created == len(calls):
+                return
+            for call in calls:
+                row = db.execute(
+                    "SELECT function, endpoint, parent_id FROM calls WHERE id = ?", (call.id,)
+                ).fetchone()
+                if row != (call.function, call.endpoint, call.parent_id):
+                    raise CallConflict(
+                        f"dispatch id {call.id!r} names another call ({row[0]} at {row[1]})"
+                    )
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
@@ -329,7 +340,7 @@ class SQLiteStorage:
                     (len(call.results), call.id),
                 )
             if completion.dispatched:
-                _insert(db, completion.dispatched, now)
+                _insert(db, completion.dispatched, now, existing_ok=True)
             if isinstance(transition, Retry) and transition.restart:
                 # Starting over: what the old run started and received is moot,
                 # and its correlation ids would collide with the new run's.
@@ -382,6 +393,15 @@ class SQLiteStorage:
 
     async def recover(self, now: float) -> int:
         with self._transaction() as db:
+            # The attempts lost are on record (when they ended, nobody knows),
+            # as the attempt counts include them.
+            db.execute(
+                "INSERT OR REPLACE INTO attempts (call_id, number, attempt, error_type, "
+                "error_message) SELECT id, runs, attempt, 'dispatch.Interrupted', "
+                "'the orchestrator running this attempt stopped or lost its lease' "
+                "FROM calls WHERE state = 'running' AND lease_expires <= ?",
+                (now,),
+            )
             # Due when it was claimed (at the latest, now): recover(inf) must not
             # make a call due at infinity, that is never.
             return db.execute(
@@ -456,10 +476,16 @@ class SQLiteStorage:
         ]
 
 
-def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> None:
-    db.executemany(
+def _insert(
+    db: sqlite3.Connection, calls: Sequence[NewCall], now: float, existing_ok: bool = False
+) -> int:
+    """Insert ``calls``, due now; how many were new (with ``existing_ok``, an
+    id that exists is skipped, else it fails the transaction)."""
+    conflict = " ON CONFLICT (id) DO NOTHING" if existing_ok else ""
+    return db.executemany(
         "INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input, "
-        "state, due_at, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+        "state, due_at, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+        + conflict,
         [
             (
                 call.id,
@@ -475,7 +501,7 @@ def _insert(db: sqlite3.Connection, calls: Sequence[NewCall], now: float) -> Non
             )
             for call in calls
         ],
-    )
+    ).rowcount
 
 
 def _deliver(

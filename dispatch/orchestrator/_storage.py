@@ -186,6 +186,11 @@ class CallRecord:
     children: tuple[str, ...] = field(default=())
 
 
+class CallConflict(ValueError):
+    """A dispatch id given for a new call names an existing call of another
+    function or endpoint."""
+
+
 class Storage(Protocol):
     """What the orchestrator needs from a database. All methods are atomic."""
 
@@ -195,7 +200,12 @@ class Storage(Protocol):
     async def close(self) -> None: ...
 
     async def create(self, calls: Sequence[NewCall], now: float) -> None:
-        """Create root calls, all or none, due now."""
+        """Create root calls, all or none, due now.
+
+        An id that exists already names that call: it is not created again
+        (a client retrying a dispatch whose answer it lost starts nothing
+        twice), unless it is of another function or endpoint, which raises
+        :class:`CallConflict` and creates none."""
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float

@@ -131,12 +131,10 @@ class Env:
     ) -> None:
         functions.reset()
         self.keys = Keys()
-        self.token = object()
         self.endpoint = Dispatch(
             registry=functions.registry,
             verification_key=self.keys.public,
             seal_keys=[self.keys.seal],
-            trusted=self.token,
             scheduler=Scheduler(self.keys.sealer, max_wait=max_wait),
         )
         self.storage = RecordingStorage(storage or SQLiteStorage(":memory:"))
@@ -176,7 +174,7 @@ class Env:
         """An invoker calling ``endpoint`` in process: as an ASGI app ("asgi"), or
         through its ``handle`` method ("direct")."""
         if via == "asgi":
-            return ASGIInvoker(endpoint, self.token)
+            return ASGIInvoker(endpoint)
         assert via == "direct", via
         return DirectInvoker(endpoint)
 

@@ -91,17 +91,22 @@ async def test_dispatch_keeps_ids_chosen_by_the_caller() -> None:
         assert env.value(await env.done("my-id")) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dispatch id that exists already fails the request with a 500 (the storage's "
-    "IntegrityError escapes): the API should answer 409, or the ids again for an idempotent retry",
-)
-async def test_dispatch_of_an_existing_id_is_a_client_error() -> None:
-    async with Env() as env, api(env, raise_app_exceptions=False) as http:
-        body = request(env, ("add", (1, 1)), dispatch_id="twice")
-        assert (await http.post("/v1/dispatch", content=body, headers=AUTH)).status_code == 200
-        response = await http.post("/v1/dispatch", content=body, headers=AUTH)
-        assert response.status_code in (200, 409), response.text
+async def test_a_dispatch_id_names_one_call() -> None:
+    async with Env() as env, api(env) as http:
+        body = request(env, ("add", (1, 1)), dispatch_id="once")
+        for _ in range(2):  # a client retrying a dispatch whose answer it lost
+            response = await http.post("/v1/dispatch", content=body, headers=AUTH)
+            assert response.status_code == 200, response.text
+            ids = _wire.DispatchResponse.from_msgpack(response.content).dispatch_ids
+            assert ids == ("once",)
+        await env.done("once")
+        assert await env.storage.counts() == {**EMPTY, "done": 1}
+        # The id of another function: refused, and nothing of the request created.
+        other = request(env, ("add", (2, 2)), ("fan_out", (1,)), dispatch_id="once")
+        response = await http.post("/v1/dispatch", content=other, headers=AUTH)
+        assert response.status_code == 409, response.text
+        assert "'once'" in response.text
+        assert await env.storage.counts() == {**EMPTY, "done": 1}
 
 
 @pytest.mark.parametrize(

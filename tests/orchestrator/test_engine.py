@@ -15,10 +15,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dispatch import Status, _wire
+from dispatch._signature import sign_request
 from dispatch.orchestrator import Invoker, Limiter, NewCall, RetryPolicy, SQLiteStorage
 from dispatch.orchestrator._storage import DONE, RUNNING, Completion, Finish, Retry
 
@@ -157,10 +160,12 @@ async def test_a_call_claimed_past_its_last_attempt_ends(tmp_path: Path) -> None
 
 
 class Tampering:
-    """Forwards to ``inner``, but corrupts the snapshot of the first resume."""
+    """Forwards to ``inner``, but corrupts the snapshot of the first resume (and
+    signs the request again, as an orchestrator that stored it corrupted would)."""
 
-    def __init__(self, inner: Invoker) -> None:
+    def __init__(self, inner: Invoker, key: Ed25519PrivateKey) -> None:
         self.inner = inner
+        self.key = key
         self.tampered = 0
 
     async def post(
@@ -171,6 +176,7 @@ class Tampering:
             self.tampered += 1
             poll = replace(request.poll, state=request.poll.state[:-1] + b"?")
             body = replace(request, poll=poll).to_msgpack()
+            headers = {**headers, **sign_request(self.key, "POST", urlsplit(url).path, body)}
         return await self.inner.post(url, body, headers, timeout)
 
     async def close(self) -> None:
@@ -181,7 +187,7 @@ async def test_incompatible_state_restarts_from_the_input(via: str) -> None:
     tampering: list[Tampering] = []
 
     def invoker(env: Env) -> Invoker:
-        tampering.append(Tampering(env.in_process(via, env.endpoint)))
+        tampering.append(Tampering(env.in_process(via, env.endpoint), env.keys.private))
         return tampering[0]
 
     async with Env(invoker=invoker) as env:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dispatch import Status, _wire
-from dispatch.orchestrator import DatabaseLocked, SQLiteStorage, Storage
+from dispatch.orchestrator import CallConflict, DatabaseLocked, SQLiteStorage, Storage
 from dispatch.orchestrator._storage import (
     CANCELLED,
     DONE,
@@ -209,26 +209,36 @@ async def test_create_nothing(storage: Storage) -> None:
     assert await storage.counts() == {PENDING: 0, RUNNING: 0, WAITING: 0, DONE: 0}
 
 
-async def test_create_is_all_or_nothing(storage: Storage) -> None:
+async def test_an_existing_id_names_that_call(storage: Storage) -> None:
     await storage.create([new("a")], T)
-    # The interface names no error type for a duplicate id: any exception will do.
-    with pytest.raises(Exception):  # noqa: B017
-        await storage.create([new("b"), new("a"), new("c")], T + 1)
+    # A retried dispatch (same id, function and endpoint) creates nothing twice.
+    await storage.create([new("a"), new("b")], T + 1)
+    record = await storage.get("a")
+    assert record is not None and record.created_at == T
+    assert await storage.counts() == {PENDING: 2, RUNNING: 0, WAITING: 0, DONE: 0}
+    # Twice in one batch: once.
+    await storage.create([new("c"), new("c")], T)
+    assert await storage.counts() == {PENDING: 3, RUNNING: 0, WAITING: 0, DONE: 0}
+
+
+@pytest.mark.parametrize(
+    "other", [{"function": "g"}, {"endpoint": EP2}], ids=["function", "endpoint"]
+)
+async def test_an_existing_id_of_another_call_is_a_conflict(
+    storage: Storage, other: dict[str, str]
+) -> None:
+    await storage.create([new("a")], T)
+    with pytest.raises(CallConflict, match="'a'"):
+        await storage.create([new("b"), new("a", **other), new("c")], T + 1)
+    # All or none.
     assert await storage.get("b") is None
     assert await storage.get("c") is None
     record = await storage.get("a")
-    assert record is not None and record.created_at == T
+    assert record is not None and (record.function, record.endpoint) == ("f", EP)
     assert await storage.counts() == {PENDING: 1, RUNNING: 0, WAITING: 0, DONE: 0}
-
-
-async def test_create_rejects_a_duplicate_within_the_batch(storage: Storage) -> None:
-    with pytest.raises(Exception):  # noqa: B017
-        await storage.create([new("a"), new("b"), new("a")], T)
-    assert await storage.get("a") is None
-    assert await storage.get("b") is None
     # The failed batch left the storage usable.
-    await storage.create([new("a")], T)
-    assert await state(storage, "a") == PENDING
+    await storage.create([new("b")], T)
+    assert await state(storage, "b") == PENDING
 
 
 # --- claim ------------------------------------------------------------------------------------
@@ -752,6 +762,12 @@ async def test_recover_makes_expired_leases_pending(storage: Storage) -> None:
     assert await storage.due_endpoints(T + LEASE + 5) == [EP]
     again = await claim_one(storage, "a", T + LEASE + 5, owner=OTHER)
     assert (again.attempt, again.run) == (2, 2)  # the lost attempt counts
+    record = await storage.get("a")
+    assert record is not None
+    (lost,) = record.attempts  # and is on record
+    assert (lost.number, lost.attempt, lost.status) == (1, 1, None)
+    assert (lost.started_at, lost.finished_at) == (None, None)
+    assert lost.error_type == "dispatch.Interrupted"
 
 
 async def test_recover_everything(storage: Storage) -> None:

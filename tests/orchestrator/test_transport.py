@@ -96,7 +96,7 @@ async def test_an_endpoint_that_raises_is_an_http_error_and_retried(via: str) ->
 
 async def test_an_answer_without_a_run_response_is_an_http_error_and_retried() -> None:
     def invoker(env: Env) -> Invoker:
-        return ASGIInvoker(answering(500, b"boom", 2, env.endpoint), env.token)
+        return ASGIInvoker(answering(500, b"boom", 2, env.endpoint))
 
     async with Env(invoker=invoker) as env:
         record = await env.run("add", 2, 2)
@@ -118,7 +118,7 @@ async def test_an_answer_without_a_run_response_is_an_http_error_and_retried() -
 )
 async def test_http_statuses_count_as_statuses(code: int, status: Status) -> None:
     def invoker(env: Env) -> Invoker:
-        return ASGIInvoker(answering(code, b"no", 1, env.endpoint), env.token)
+        return ASGIInvoker(answering(code, b"no", 1, env.endpoint))
 
     async with Env(invoker=invoker) as env:
         record = await env.run("add", 2, 3)
@@ -131,7 +131,7 @@ async def test_http_statuses_count_as_statuses(code: int, status: Status) -> Non
 
 async def test_an_answer_that_is_not_a_run_response_is_invalid() -> None:
     def invoker(env: Env) -> Invoker:
-        return ASGIInvoker(answering(200, b"\x93garbage", 1, env.endpoint), env.token)
+        return ASGIInvoker(answering(200, b"\x93garbage", 1, env.endpoint))
 
     async with Env(invoker=invoker) as env:
         record = await env.run("add", 2, 2)
@@ -139,11 +139,6 @@ async def test_an_answer_that_is_not_a_run_response_is_invalid() -> None:
     assert env.error(record).type == "dispatch.ProtocolError"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatch/_scheduler.py: _drive catches the CancelledError that cancels the request "
-    "at a non-durable await and answers TEMPORARY_ERROR, so the request is never cancelled",
-)
 async def test_a_cancelled_request_is_cancelled(via: str) -> None:
     async with Env(via=via) as env:
         request = _wire.RunRequest(
@@ -156,9 +151,9 @@ async def test_a_cancelled_request_is_cancelled(via: str) -> None:
             attempt=1,
             input=_wire.encode_arguments((30.0,), {}, env.keys.sealer),
         )
-        task = asyncio.ensure_future(
-            env.invoker.post(f"{ENDPOINT}/run", request.to_msgpack(), {}, 60.0)
-        )
+        body = request.to_msgpack()
+        headers = _signature.sign_request(env.keys.private, "POST", "/dispatch/run", body)
+        task = asyncio.ensure_future(env.invoker.post(f"{ENDPOINT}/run", body, headers, 60.0))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -169,7 +164,7 @@ async def test_a_cancelled_request_is_cancelled(via: str) -> None:
 
 
 def untrusting(verification_key: str | None = None) -> Callable[[Env], Invoker]:
-    """In process, but through the endpoint's signature check (the request is not trusted)."""
+    """In process through the ASGI app, with ``verification_key`` instead of the right one."""
 
     def invoker(env: Env) -> Invoker:
         endpoint = Dispatch(
@@ -177,7 +172,7 @@ def untrusting(verification_key: str | None = None) -> Callable[[Env], Invoker]:
             verification_key=verification_key or env.keys.public,
             seal_keys=[env.keys.seal],
         )
-        return ASGIInvoker(endpoint, object())
+        return ASGIInvoker(endpoint)
 
     return invoker
 
