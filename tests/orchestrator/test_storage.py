@@ -222,14 +222,16 @@ async def test_an_existing_id_names_that_call(storage: Storage) -> None:
 
 
 @pytest.mark.parametrize(
-    "other", [{"function": "g"}, {"endpoint": EP2}], ids=["function", "endpoint"]
+    ("function", "endpoint"), [("g", EP), ("f", EP2)], ids=["function", "endpoint"]
 )
 async def test_an_existing_id_of_another_call_is_a_conflict(
-    storage: Storage, other: dict[str, str]
+    storage: Storage, function: str, endpoint: str
 ) -> None:
     await storage.create([new("a")], T)
     with pytest.raises(CallConflict, match="'a'"):
-        await storage.create([new("b"), new("a", **other), new("c")], T + 1)
+        await storage.create(
+            [new("b"), new("a", function=function, endpoint=endpoint), new("c")], T + 1
+        )
     # All or none.
     assert await storage.get("b") is None
     assert await storage.get("c") is None
