@@ -167,10 +167,8 @@ class Engine:
             if not free:
                 continue
             claimed = await self.storage.claim(self.owner, endpoint, free, now, self.lease)
-            limiter.acquire(len(claimed))
+            self._start(claimed)
             claimed_any = claimed_any or bool(claimed)
-            for call in claimed:
-                self._attempts[call.id] = asyncio.ensure_future(self._attempt(call))
         return claimed_any
 
     async def _renew_leases(self) -> None:
@@ -189,11 +187,20 @@ class Engine:
 
     async def _attempt(self, call: Claimed) -> None:
         started = self.clock()
-        status = Status.TEMPORARY_ERROR
+        limiter = self.limiter(call.endpoint)
+        released = False
         try:
             completion = await self._run(call, started)
-            status = Status(completion.status) if completion.status >= 0 else status
-            if not await self.storage.complete(completion):
+            status = Status(completion.status) if completion.status >= 0 else None
+            limiter.release(status is not None and status.concurrency == "increase")
+            released = True
+            # What this answer made due on the endpoint starts at once, as far
+            # as the endpoint has room.
+            completed, claimed = await self.storage.complete_and_claim(
+                completion, limiter.available(), self.lease
+            )
+            self._start(claimed)
+            if not completed:
                 logger.info("call %s: lost its claim; its answer was dropped", call.id)
         except Exception:
             logger.exception(
@@ -201,8 +208,15 @@ class Engine:
             )
         finally:
             self._attempts.pop(call.id, None)
-            self.limiter(call.endpoint).release(status.concurrency == "increase")
+            if not released:
+                limiter.release(False)
             self.wake()
+
+    def _start(self, claimed: list[Claimed]) -> None:
+        if claimed:
+            self.limiter(claimed[0].endpoint).acquire(len(claimed))
+        for call in claimed:
+            self._attempts[call.id] = asyncio.ensure_future(self._attempt(call))
 
     async def _run(self, call: Claimed, started: float) -> Completion:
         if call.attempt > self.policy.max_attempts:

@@ -218,168 +218,22 @@ class SQLiteStorage:
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
     ) -> list[Claimed]:
         with self._transaction() as db:
-            # Waits that reached their max wait are resumed with what arrived.
-            db.execute(
-                "UPDATE calls SET state = 'pending', due_at = wait_until "
-                "WHERE state = 'waiting' AND wait_until <= ?",
-                (now,),
-            )
-            where = "state = 'pending' AND due_at <= ?"
-            params: tuple[Any, ...] = (now,)
-            if endpoint is not None:
-                where += " AND endpoint = ?"
-                params += (endpoint,)
-            rows = db.execute(
-                f"UPDATE calls SET state = 'running', lease_owner = ?, lease_expires = ?, "
-                f"attempt = attempt + 1, runs = runs + 1 WHERE id IN "
-                f"(SELECT id FROM calls WHERE {where} ORDER BY due_at LIMIT ?) "
-                f"RETURNING {_CLAIMED}",
-                (owner, now + lease, *params, limit),
-            ).fetchall()
-            claimed = []
-            for row in rows:
-                results: tuple[Result, ...] = ()
-                if row[6] is not None:  # a resume: deliver what arrived
-                    results = tuple(
-                        Result(*result)
-                        for result in db.execute(
-                            "SELECT seq, correlation_id, child_id, status, output, error "
-                            "FROM results WHERE parent_id = ? AND delivered = 0 "
-                            "ORDER BY seq LIMIT ?",
-                            (row[0], row[11] or 1000),
-                        )
-                    )
-                claimed.append(
-                    Claimed(
-                        id=row[0],
-                        root_id=row[1],
-                        parent_id=row[2],
-                        function=row[3],
-                        endpoint=row[4],
-                        input=row[5],
-                        snapshot=row[6],
-                        attempt=row[7],
-                        run=row[8],
-                        created_at=row[9],
-                        expires_at=row[10],
-                        results=results,
-                    )
-                )
-
-        return claimed
+            return _claim(db, owner, endpoint, limit, now, lease)
 
     async def complete(self, completion: Completion) -> bool:
-        call, now, transition = completion.call, completion.now, completion.transition
+        completed, _ = await self.complete_and_claim(completion, 0, 0.0)
+        return completed
+
+    async def complete_and_claim(
+        self, completion: Completion, limit: int, lease: float
+    ) -> tuple[bool, list[Claimed]]:
         with self._transaction() as db:
-            guard = (call.id, completion.owner, call.run)
-            guarded = "WHERE id = ? AND state = 'running' AND lease_owner = ? AND runs = ?"
-            if isinstance(transition, Finish):
-                updated = db.execute(
-                    "UPDATE calls SET state = 'done', status = ?, output = ?, error = ?, "
-                    "finished_at = ?, snapshot = NULL, lease_owner = NULL " + guarded,
-                    (transition.status, transition.output, transition.error, now, *guard),
-                ).rowcount
-            elif isinstance(transition, Retry):
-                tail_call = transition.function is not None
-                updated = db.execute(
-                    "UPDATE calls SET state = 'pending', due_at = ?, status = ?, error = ?, "
-                    "lease_owner = NULL, snapshot = CASE WHEN ? THEN NULL ELSE snapshot END, "
-                    "function = COALESCE(?, function), input = COALESCE(?, input), "
-                    "attempt = CASE WHEN ? THEN 0 ELSE attempt END " + guarded,
-                    (
-                        transition.due_at,
-                        transition.status,
-                        transition.error,
-                        transition.restart,
-                        transition.function,
-                        transition.input,
-                        tail_call,
-                        *guard,
-                    ),
-                ).rowcount
-            else:
-                # The next run is a new step: its attempts count from one again.
-                updated = db.execute(
-                    "UPDATE calls SET state = 'waiting', snapshot = ?, min_results = ?, "
-                    "max_results = ?, wait_until = ?, status = ?, lease_owner = NULL, "
-                    "attempt = 0 " + guarded,
-                    (
-                        transition.snapshot,
-                        transition.min_results,
-                        transition.max_results,
-                        transition.wait_until,
-                        completion.status,
-                        *guard,
-                    ),
-                ).rowcount
-            if not updated:
-                return False
-            db.execute(
-                "INSERT OR REPLACE INTO attempts (call_id, number, attempt, started_at, "
-                "finished_at, status, error_type, error_message, snapshot_size) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    call.id,
-                    call.run,
-                    call.attempt,
-                    now - completion.duration,
-                    now,
-                    completion.status,
-                    completion.error_type,
-                    completion.error_message,
-                    completion.snapshot_size,
-                ),
-            )
-            if not isinstance(transition, Retry) and call.results:
-                db.executemany(
-                    "UPDATE results SET delivered = 1 WHERE seq = ?",
-                    [(result.seq,) for result in call.results],
-                )
-                db.execute(
-                    "UPDATE calls SET undelivered = undelivered - ? WHERE id = ?",
-                    (len(call.results), call.id),
-                )
-            if completion.dispatched:
-                _insert(db, completion.dispatched, now, existing_ok=True)
-            if isinstance(transition, Retry) and transition.restart:
-                # Starting over: what the old run started and received is moot,
-                # and its correlation ids would collide with the new run's.
-                _cancel_children(db, call.id, now)
-                db.execute("UPDATE results SET delivered = 1 WHERE parent_id = ?", (call.id,))
-                db.execute("UPDATE calls SET undelivered = 0 WHERE id = ?", (call.id,))
-            if isinstance(transition, Suspend):
-                _insert(db, transition.children, now)
-                db.execute(
-                    "UPDATE calls SET outstanding = outstanding + ? WHERE id = ?",
-                    (len(transition.children), call.id),
-                )
-                if transition.cancel:
-                    marks = ",".join("?" * len(transition.cancel))
-                    ids = [
-                        row[0]
-                        for row in db.execute(
-                            f"SELECT id FROM calls WHERE parent_id = ? AND correlation_id "
-                            f"IN ({marks}) AND state != 'done'",
-                            (call.id, *transition.cancel),
-                        )
-                    ]
-                    _cancel_trees(db, ids, now, notify_parents=False)
-                _wake(db, call.id, now)
-            elif isinstance(transition, Finish):
-                if call.run > 1:  # a first run has no children yet
-                    # A finished call's children still running are of no use to anyone.
-                    _cancel_children(db, call.id, now)
-                if call.parent_id is not None:
-                    _deliver(
-                        db,
-                        call.id,
-                        call.parent_id,
-                        transition.status,
-                        transition.output,
-                        transition.error,
-                        now,
-                    )
-        return True
+            completed = _complete(db, completion)
+            claimed = []
+            if limit > 0:
+                owner, endpoint, now = completion.owner, completion.call.endpoint, completion.now
+                claimed = _claim(db, owner, endpoint, limit, now, lease)
+        return completed, claimed
 
     async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
         if not ids:
@@ -474,6 +328,172 @@ class SQLiteStorage:
                 (limit, limit),
             )
         ]
+
+
+def _claim(
+    db: sqlite3.Connection, owner: str, endpoint: str | None, limit: int, now: float, lease: float
+) -> list[Claimed]:
+    # Waits that reached their max wait are resumed with what arrived.
+    db.execute(
+        "UPDATE calls SET state = 'pending', due_at = wait_until "
+        "WHERE state = 'waiting' AND wait_until <= ?",
+        (now,),
+    )
+    where = "state = 'pending' AND due_at <= ?"
+    params: tuple[Any, ...] = (now,)
+    if endpoint is not None:
+        where += " AND endpoint = ?"
+        params += (endpoint,)
+    rows = db.execute(
+        f"UPDATE calls SET state = 'running', lease_owner = ?, lease_expires = ?, "
+        f"attempt = attempt + 1, runs = runs + 1 WHERE id IN "
+        f"(SELECT id FROM calls WHERE {where} ORDER BY due_at LIMIT ?) "
+        f"RETURNING {_CLAIMED}",
+        (owner, now + lease, *params, limit),
+    ).fetchall()
+    claimed = []
+    for row in rows:
+        results: tuple[Result, ...] = ()
+        if row[6] is not None:  # a resume: deliver what arrived
+            results = tuple(
+                Result(*result)
+                for result in db.execute(
+                    "SELECT seq, correlation_id, child_id, status, output, error "
+                    "FROM results WHERE parent_id = ? AND delivered = 0 "
+                    "ORDER BY seq LIMIT ?",
+                    (row[0], row[11] or 1000),
+                )
+            )
+        claimed.append(
+            Claimed(
+                id=row[0],
+                root_id=row[1],
+                parent_id=row[2],
+                function=row[3],
+                endpoint=row[4],
+                input=row[5],
+                snapshot=row[6],
+                attempt=row[7],
+                run=row[8],
+                created_at=row[9],
+                expires_at=row[10],
+                results=results,
+            )
+        )
+    return claimed
+
+
+def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
+    call, now, transition = completion.call, completion.now, completion.transition
+    guard = (call.id, completion.owner, call.run)
+    guarded = "WHERE id = ? AND state = 'running' AND lease_owner = ? AND runs = ?"
+    if isinstance(transition, Finish):
+        updated = db.execute(
+            "UPDATE calls SET state = 'done', status = ?, output = ?, error = ?, "
+            "finished_at = ?, snapshot = NULL, lease_owner = NULL " + guarded,
+            (transition.status, transition.output, transition.error, now, *guard),
+        ).rowcount
+    elif isinstance(transition, Retry):
+        tail_call = transition.function is not None
+        updated = db.execute(
+            "UPDATE calls SET state = 'pending', due_at = ?, status = ?, error = ?, "
+            "lease_owner = NULL, snapshot = CASE WHEN ? THEN NULL ELSE snapshot END, "
+            "function = COALESCE(?, function), input = COALESCE(?, input), "
+            "attempt = CASE WHEN ? THEN 0 ELSE attempt END " + guarded,
+            (
+                transition.due_at,
+                transition.status,
+                transition.error,
+                transition.restart,
+                transition.function,
+                transition.input,
+                tail_call,
+                *guard,
+            ),
+        ).rowcount
+    else:
+        # The next run is a new step: its attempts count from one again.
+        updated = db.execute(
+            "UPDATE calls SET state = 'waiting', snapshot = ?, min_results = ?, "
+            "max_results = ?, wait_until = ?, status = ?, lease_owner = NULL, "
+            "attempt = 0 " + guarded,
+            (
+                transition.snapshot,
+                transition.min_results,
+                transition.max_results,
+                transition.wait_until,
+                completion.status,
+                *guard,
+            ),
+        ).rowcount
+    if not updated:
+        return False
+    db.execute(
+        "INSERT OR REPLACE INTO attempts (call_id, number, attempt, started_at, "
+        "finished_at, status, error_type, error_message, snapshot_size) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            call.id,
+            call.run,
+            call.attempt,
+            now - completion.duration,
+            now,
+            completion.status,
+            completion.error_type,
+            completion.error_message,
+            completion.snapshot_size,
+        ),
+    )
+    if not isinstance(transition, Retry) and call.results:
+        db.executemany(
+            "UPDATE results SET delivered = 1 WHERE seq = ?",
+            [(result.seq,) for result in call.results],
+        )
+        db.execute(
+            "UPDATE calls SET undelivered = undelivered - ? WHERE id = ?",
+            (len(call.results), call.id),
+        )
+    if completion.dispatched:
+        _insert(db, completion.dispatched, now, existing_ok=True)
+    if isinstance(transition, Retry) and transition.restart:
+        # Starting over: what the old run started and received is moot,
+        # and its correlation ids would collide with the new run's.
+        _cancel_children(db, call.id, now)
+        db.execute("UPDATE results SET delivered = 1 WHERE parent_id = ?", (call.id,))
+        db.execute("UPDATE calls SET undelivered = 0 WHERE id = ?", (call.id,))
+    if isinstance(transition, Suspend):
+        _insert(db, transition.children, now)
+        db.execute(
+            "UPDATE calls SET outstanding = outstanding + ? WHERE id = ?",
+            (len(transition.children), call.id),
+        )
+        if transition.cancel:
+            marks = ",".join("?" * len(transition.cancel))
+            ids = [
+                row[0]
+                for row in db.execute(
+                    f"SELECT id FROM calls WHERE parent_id = ? AND correlation_id "
+                    f"IN ({marks}) AND state != 'done'",
+                    (call.id, *transition.cancel),
+                )
+            ]
+            _cancel_trees(db, ids, now, notify_parents=False)
+        _wake(db, call.id, now)
+    elif isinstance(transition, Finish):
+        if call.run > 1:  # a first run has no children yet
+            # A finished call's children still running are of no use to anyone.
+            _cancel_children(db, call.id, now)
+        if call.parent_id is not None:
+            _deliver(
+                db,
+                call.id,
+                call.parent_id,
+                transition.status,
+                transition.output,
+                transition.error,
+                now,
+            )
+    return True
 
 
 def _insert(

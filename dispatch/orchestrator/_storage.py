@@ -217,6 +217,14 @@ class Storage(Protocol):
         """Apply how an attempt ended; False (and nothing changed) if the
         claim was lost meanwhile (lease expired, call cancelled)."""
 
+    async def complete_and_claim(
+        self, completion: Completion, limit: int, lease: float
+    ) -> tuple[bool, list[Claimed]]:
+        """:meth:`complete`, then :meth:`claim` of up to ``limit`` calls of the
+        same endpoint for the same owner at ``completion.now``, in one
+        transaction: the children a coroutine just made, or the parent a
+        result just woke, start without waiting for the next claim."""
+
     async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
         """Extend the leases of calls still being run by ``owner``."""
 

@@ -79,6 +79,12 @@ class RecordingStorage:
         self.completions.append(completion)
         return await self.inner.complete(completion)
 
+    async def complete_and_claim(
+        self, completion: Completion, limit: int, lease: float
+    ) -> tuple[bool, list[Claimed]]:
+        self.completions.append(completion)
+        return await self.inner.complete_and_claim(completion, limit, lease)
+
     async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
         self.renewals.append(list(ids))
         await self.inner.renew(owner, ids, until)

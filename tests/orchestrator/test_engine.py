@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatch import Status, _wire
 from dispatch._signature import sign_request
 from dispatch.orchestrator import Invoker, Limiter, NewCall, RetryPolicy, SQLiteStorage
-from dispatch.orchestrator._storage import DONE, RUNNING, Completion, Finish, Retry
+from dispatch.orchestrator._storage import DONE, RUNNING, Claimed, Completion, Finish, Retry
 
 from . import functions
 from .harness import ENDPOINT, FAST, Env, Keys, RecordingStorage, finished, statuses
@@ -295,11 +295,13 @@ async def test_leases_of_running_attempts_are_renewed() -> None:
 class FailingOnce(RecordingStorage):
     """A storage whose first completion fails (a database error)."""
 
-    async def complete(self, completion: Completion) -> bool:
+    async def complete_and_claim(
+        self, completion: Completion, limit: int, lease: float
+    ) -> tuple[bool, list[Claimed]]:
         if not self.completions:
             self.completions.append(completion)
             raise sqlite3.OperationalError("database is locked")
-        return await super().complete(completion)
+        return await super().complete_and_claim(completion, limit, lease)
 
 
 async def test_a_call_whose_answer_was_lost_runs_again_once_its_lease_expires() -> None:
