@@ -154,7 +154,10 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
                     expires_at=now + engine.policy.expiration,
                 )
             )
-        asyncio.run_coroutine_threadsafe(engine.submit(new), loop).result()
+        # Stored by this thread, so a dispatch does not wait for the event
+        # loop's turn; the engine is woken to run them.
+        storage.create_sync(new, now)
+        loop.call_soon_threadsafe(engine.wake)
         return [c.id for c in new]
 
     server_loop: list[asyncio.AbstractEventLoop] = []

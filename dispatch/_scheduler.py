@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
+import threading
 import time
 import traceback
 import types
 import uuid
 from bisect import bisect_right
 from collections.abc import Callable, Coroutine, Generator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _wire
@@ -199,9 +203,11 @@ class _Run:
         except Exception as error:
             return self.fail(Status.INVALID_ARGUMENT, error)
         try:
-            # In a worker thread, never on the event loop; to_thread carries
-            # the context over, so dispatch() calls made there join this run.
-            value = await asyncio.to_thread(function.__wrapped__, *args, **kwargs)
+            # In a worker thread, never on the event loop, with this context,
+            # so that dispatch() calls made there join this run.
+            run = functools.partial(function.__wrapped__, *args, **kwargs)
+            loop = asyncio.get_running_loop()
+            value = await loop.run_in_executor(_threads(), contextvars.copy_context().run, run)
         except Exception as error:
             return self.exit_error(error)
         return self.exit_value(value)
@@ -580,6 +586,23 @@ def _local(awaitable: Any) -> Any:
     if isinstance(awaitable, (types.CoroutineType, types.GeneratorType)):
         return awaitable
     return _awaiting(awaitable)
+
+
+_THREADS = 32
+"""Plain functions running at once in a process, at most. They typically wait
+on I/O (the GIL is free meanwhile); the orchestrator's adaptive concurrency
+keeps an endpoint from being sent more than it handles well."""
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _threads() -> ThreadPoolExecutor:
+    """The threads plain functions run in (made on first use)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="dispatch-function")
+        return _executor
 
 
 @types.coroutine

@@ -1,8 +1,10 @@
 """SQLite storage (stdlib ``sqlite3``): the embedded default.
 
-One process owns a database at a time (a lock file next to it); it writes
-on its event loop thread, each operation a short transaction, which SQLite
-in WAL mode commits in tens of microseconds.
+One process owns a database at a time (a lock file next to it), through one
+connection; each operation is a short transaction, which SQLite in WAL mode
+commits in tens of microseconds. The operations run on the event loop's
+thread, except :meth:`SQLiteStorage.create_sync`, which an embedded
+application's threads call directly; a lock keeps each operation whole.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -104,6 +107,41 @@ MIGRATIONS = [
                        WHERE results.parent_id = calls.id AND results.delivered = 0)
     WHERE state != 'done';
     """,
+    # 3: fewer pages written per commit. Attempts live in their primary key's
+    # B-tree (one tree, not a table and an index); results number themselves
+    # by rowid (never deleted, so increasing) without AUTOINCREMENT's
+    # sqlite_sequence row to update on every insert.
+    """
+    CREATE TABLE attempts_3 (
+        call_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        status INTEGER,
+        error_type TEXT,
+        error_message TEXT,
+        snapshot_size INTEGER,
+        PRIMARY KEY (call_id, number)
+    ) WITHOUT ROWID;
+    INSERT INTO attempts_3 SELECT * FROM attempts;
+    DROP TABLE attempts;
+    ALTER TABLE attempts_3 RENAME TO attempts;
+    CREATE TABLE results_3 (
+        seq INTEGER PRIMARY KEY,
+        parent_id TEXT NOT NULL,
+        correlation_id INTEGER NOT NULL,
+        child_id TEXT NOT NULL UNIQUE,
+        status INTEGER NOT NULL,
+        output BLOB,
+        error BLOB,
+        delivered INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO results_3 SELECT * FROM results;
+    DROP TABLE results;
+    ALTER TABLE results_3 RENAME TO results;
+    CREATE INDEX results_undelivered ON results (parent_id, seq) WHERE delivered = 0;
+    """,
 ]
 
 _CLAIMED = (
@@ -164,16 +202,22 @@ class SQLiteStorage:
         self.db.execute("PRAGMA busy_timeout = 5000")
         # Results and snapshots are blobs of a few hundred bytes: keep pages warm.
         self.db.execute("PRAGMA cache_size = -16000")
+        self._lock = threading.Lock()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            return self.db.execute(sql, parameters).fetchall()
 
     async def migrate(self) -> None:
         with self._transaction() as db:
@@ -201,6 +245,10 @@ class SQLiteStorage:
             self._lock_file = None
 
     async def create(self, calls: Sequence[NewCall], now: float) -> None:
+        self.create_sync(calls, now)
+
+    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
+        """:meth:`create`, from any thread."""
         with self._transaction() as db:
             created = _insert(db, calls, now, existing_ok=True)
             if created == len(calls):
@@ -218,6 +266,12 @@ class SQLiteStorage:
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
     ) -> list[Claimed]:
         with self._transaction() as db:
+            # Waits that reached their max wait are resumed with what arrived.
+            db.execute(
+                "UPDATE calls SET state = 'pending', due_at = wait_until "
+                "WHERE state = 'waiting' AND wait_until <= ?",
+                (now,),
+            )
             return _claim(db, owner, endpoint, limit, now, lease)
 
     async def complete(self, completion: Completion) -> bool:
@@ -265,17 +319,17 @@ class SQLiteStorage:
             ).rowcount
 
     async def next_due(self) -> float | None:
-        row = self.db.execute(
+        rows = self._query(
             "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM calls WHERE state = 'pending' "
             "UNION ALL SELECT MIN(wait_until) FROM calls WHERE state = 'waiting')"
-        ).fetchone()
-        return row[0] if row else None
+        )
+        return rows[0][0] if rows else None
 
     async def due_endpoints(self, now: float) -> list[str]:
         # Waiting calls past their max wait are due too: claim() resumes them.
         return [
             row[0]
-            for row in self.db.execute(
+            for row in self._query(
                 "SELECT endpoint FROM calls WHERE state = 'pending' AND due_at <= ? UNION "
                 "SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= ?",
                 (now, now),
@@ -287,14 +341,12 @@ class SQLiteStorage:
             return _cancel_trees(db, [call_id], now, notify_parents=True)
 
     async def get(self, call_id: str) -> CallRecord | None:
-        row = self.db.execute(
-            f"SELECT {', '.join(_RECORD)} FROM calls WHERE id = ?", (call_id,)
-        ).fetchone()
-        if row is None:
+        rows = self._query(f"SELECT {', '.join(_RECORD)} FROM calls WHERE id = ?", (call_id,))
+        if not rows:
             return None
         attempts = tuple(
             AttemptRecord(*attempt)
-            for attempt in self.db.execute(
+            for attempt in self._query(
                 "SELECT number, attempt, started_at, finished_at, status, error_type, "
                 "error_message, snapshot_size FROM attempts WHERE call_id = ? ORDER BY number",
                 (call_id,),
@@ -302,24 +354,24 @@ class SQLiteStorage:
         )
         children = tuple(
             child[0]
-            for child in self.db.execute(
+            for child in self._query(
                 "SELECT id FROM calls WHERE parent_id = ? ORDER BY created_at, correlation_id",
                 (call_id,),
             )
         )
-        fields = dict(zip(_RECORD, row, strict=True))
+        fields = dict(zip(_RECORD, rows[0], strict=True))
         return CallRecord(**fields, attempts=attempts, children=children)
 
     async def counts(self) -> dict[str, int]:
         counts = dict.fromkeys((PENDING, RUNNING, WAITING, DONE), 0)
-        for state, count in self.db.execute("SELECT state, COUNT(*) FROM calls GROUP BY state"):
+        for state, count in self._query("SELECT state, COUNT(*) FROM calls GROUP BY state"):
             counts[state] = count
         return counts
 
     async def recent(self, limit: int) -> list[CallSummary]:
         return [
             CallSummary(*row)
-            for row in self.db.execute(
+            for row in self._query(
                 "SELECT c.id, c.root_id, c.parent_id, c.function, c.state, c.status, c.attempt, "
                 "c.created_at, c.finished_at FROM calls c JOIN "
                 "(SELECT id, created_at FROM calls WHERE parent_id IS NULL "
@@ -333,12 +385,7 @@ class SQLiteStorage:
 def _claim(
     db: sqlite3.Connection, owner: str, endpoint: str | None, limit: int, now: float, lease: float
 ) -> list[Claimed]:
-    # Waits that reached their max wait are resumed with what arrived.
-    db.execute(
-        "UPDATE calls SET state = 'pending', due_at = wait_until "
-        "WHERE state = 'waiting' AND wait_until <= ?",
-        (now,),
-    )
+    """Claim due pending calls (waits past their max wait are the caller's to make pending)."""
     where = "state = 'pending' AND due_at <= ?"
     params: tuple[Any, ...] = (now,)
     if endpoint is not None:
