@@ -13,11 +13,14 @@ measured here at a tenth of the CPU of ``httpx.AsyncClient`` (3,000 posts,
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from .._status import Status
+
+T = TypeVar("T")
 
 
 class TransportError(Exception):
@@ -83,6 +86,22 @@ def _connector_status(error: aiohttp.ClientConnectorError) -> Status:
     return Status.TCP_ERROR
 
 
+async def _in_time(work: Awaitable[T], timeout: float) -> T:
+    """What an in-process endpoint answers, failing as a server would: no
+    answer in time is TIMEOUT, an endpoint that raises is HTTP_ERROR."""
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            result = await work
+    except TimeoutError as error:
+        raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s") from error
+    except Exception as error:
+        raise TransportError(Status.HTTP_ERROR, f"the endpoint failed: {error!r}") from error
+    if deadline.expired():
+        # The endpoint caught its cancellation and answered anyway: too late all the same.
+        raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s")
+    return result
+
+
 class DirectInvoker:
     """Calls a dispatch endpoint object in process, for an embedded orchestrator:
     no socket, no HTTP, no signature (nothing outside the process is involved)."""
@@ -93,17 +112,7 @@ class DirectInvoker:
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], timeout: float
     ) -> tuple[int, bytes]:
-        try:
-            async with asyncio.timeout(timeout) as deadline:
-                result: tuple[int, bytes] = await self.endpoint.handle(body)
-        except TimeoutError as error:
-            raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s") from error
-        except Exception as error:
-            # What a server does for an app that raises: an error answer, not a crash.
-            raise TransportError(Status.HTTP_ERROR, f"the endpoint failed: {error!r}") from error
-        if deadline.expired():
-            # The endpoint caught its cancellation and answered anyway: too late all the same.
-            raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s")
+        result: tuple[int, bytes] = await _in_time(self.endpoint.handle(body), timeout)
         return result
 
     async def close(self) -> None:
@@ -155,17 +164,7 @@ class ASGIInvoker:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        try:
-            async with asyncio.timeout(timeout) as deadline:
-                await self.app(scope, receive, send)
-        except TimeoutError as error:
-            raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s") from error
-        except Exception as error:
-            # What a server does for an app that raises: an error answer, not a crash.
-            raise TransportError(Status.HTTP_ERROR, f"the endpoint failed: {error!r}") from error
-        if deadline.expired():
-            # The app caught its cancellation and answered anyway: too late all the same.
-            raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s")
+        await _in_time(self.app(scope, receive, send), timeout)
         return status, b"".join(chunks)
 
     async def close(self) -> None:

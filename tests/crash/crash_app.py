@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dispatch
 
-ROOTS = 8
+ROOTS = 16
 DEPTH = 3
 WIDTH = 4
 
