@@ -72,7 +72,7 @@ class Orchestrator:
             self.invoker,
             signing_key,
             policy=policy,
-            exclusive=isinstance(storage, SQLiteStorage),
+            exclusive=storage.exclusive,
         )
         self.api = api_app(self.engine, api_key)
         self._task: asyncio.Task[None] | None = None

@@ -121,6 +121,7 @@ class Engine:
         if recovered:
             logger.info("recovered %d interrupted calls", recovered)
         renewing = asyncio.ensure_future(self._renew_leases())
+        watching = asyncio.ensure_future(self._watch())
         try:
             while not self._stopping:
                 self._wake.clear()
@@ -129,6 +130,17 @@ class Engine:
                 await self._sleep(claimed, now)
         finally:
             renewing.cancel()
+            watching.cancel()
+
+    async def _watch(self) -> None:
+        """Wake up when other orchestrator processes make work due."""
+        while True:
+            try:
+                await self.storage.watch(self.wake)
+                return
+            except Exception:
+                logger.exception("watching the database for new work failed; retrying in 1 s")
+                await asyncio.sleep(1.0)
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming; let attempts in flight finish (up to ``grace`` seconds)."""

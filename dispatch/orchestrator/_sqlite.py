@@ -13,7 +13,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -174,6 +174,8 @@ class DatabaseLocked(RuntimeError):
 class SQLiteStorage:
     """:class:`Storage` on a SQLite file (``":memory:"`` for a throwaway one)."""
 
+    exclusive = True  # the lock file keeps other orchestrators out
+
     def __init__(self, path: str, *, synchronous: str = "NORMAL") -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
@@ -237,6 +239,9 @@ class SQLiteStorage:
                 db.execute("INSERT INTO schema_version VALUES (?)", (len(MIGRATIONS),))
             else:
                 db.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS),))
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        return  # no other process writes to this database
 
     async def close(self) -> None:
         self.db.close()

@@ -20,7 +20,7 @@ the conformance suite every backend passes unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -193,6 +193,16 @@ class CallConflict(ValueError):
 
 class Storage(Protocol):
     """What the orchestrator needs from a database. All methods are atomic."""
+
+    exclusive: bool
+    """Whether one orchestrator process has the database to itself (then every
+    call left running at its start was its own, and runs again at once), or
+    several share it (then a call left running waits for its lease to expire)."""
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever another process may have made work due (new
+        calls, results), until cancelled; return at once if no other process
+        can (the engine polls at least every second anyway)."""
 
     async def migrate(self) -> None:
         """Create or upgrade the schema (safe when several processes start at once)."""

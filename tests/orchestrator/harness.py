@@ -58,11 +58,15 @@ class RecordingStorage:
 
     def __init__(self, inner: Storage) -> None:
         self.inner = inner
+        self.exclusive = inner.exclusive
         self.completions: list[Completion] = []
         self.renewals: list[list[str]] = []
 
     async def migrate(self) -> None:
         await self.inner.migrate()
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        await self.inner.watch(wake)
 
     async def close(self) -> None:
         await self.inner.close()
