@@ -51,9 +51,13 @@ def api_app(engine: Engine, api_key: str | None) -> Starlette:
         now = time.time()
         calls = []
         for index, call in enumerate(message.calls):
-            if not call.endpoint or not call.endpoint.startswith(("http://", "https://")):
+            endpoint = call.endpoint or ""
+            if not all(
+                url.strip().startswith(("http://", "https://")) for url in endpoint.split(",")
+            ):
                 return PlainTextResponse(
-                    f"bad request: call {index} ({call.function}) needs an http(s) endpoint",
+                    f"bad request: call {index} ({call.function}) needs an http(s) endpoint "
+                    f"(or the http(s) URLs of its replicas, separated by commas)",
                     status_code=400,
                 )
             call_id = call.dispatch_id or new_id()
@@ -61,7 +65,7 @@ def api_app(engine: Engine, api_key: str | None) -> Starlette:
                 NewCall(
                     id=call_id,
                     function=call.function,
-                    endpoint=call.endpoint,
+                    endpoint=endpoint,
                     input=call.input,
                     root_id=call_id,
                     expires_at=now + engine.policy.expiration,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -96,6 +97,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._attempts: dict[str, asyncio.Task[None]] = {}
+        self._turns: dict[str, int] = {}
 
     def limiter(self, endpoint: str) -> Limiter:
         limiter = self.limiters.get(endpoint)
@@ -254,15 +256,8 @@ class Engine:
             else _wire.PollResult(state=call.snapshot, results=_results(call)),
         )
         body = request.to_msgpack()
-        url = call.endpoint.rstrip("/") + "/run"
-        headers = {"Content-Type": "application/msgpack"}
-        if self.signing_key is not None:
-            path = urlsplit(url).path
-            headers.update(_signature.sign_request(self.signing_key, "POST", path, body))
         try:
-            http_status, content = await self.invoker.post(
-                url, body, headers, self.policy.attempt_timeout
-            )
+            http_status, content = await self._post(call.endpoint, body)
         except TransportError as failure:
             return self._failed(
                 call, started, failure.status, "dispatch.TransportError", str(failure)
@@ -278,6 +273,26 @@ class Engine:
                 call, started, Status.INVALID_RESPONSE, "dispatch.ProtocolError", str(error)
             )
         return self._apply(call, started, response)
+
+    async def _post(self, endpoint: str, body: bytes) -> tuple[int, bytes]:
+        """Post a RunRequest to ``endpoint``: one URL, or the URLs of its replicas
+        separated by commas, taken in turn; a replica that cannot be reached
+        passes the request to the next one."""
+        replicas = _replicas(endpoint)
+        turn = self._turns.get(endpoint, 0)
+        self._turns[endpoint] = turn + 1
+        for tried in range(len(replicas)):
+            url = replicas[(turn + tried) % len(replicas)] + "/run"
+            headers = {"Content-Type": "application/msgpack"}
+            if self.signing_key is not None:
+                path = urlsplit(url).path
+                headers.update(_signature.sign_request(self.signing_key, "POST", path, body))
+            try:
+                return await self.invoker.post(url, body, headers, self.policy.attempt_timeout)
+            except TransportError as failure:
+                if failure.sent or tried + 1 == len(replicas):
+                    raise
+        raise AssertionError("unreachable")
 
     def _apply(self, call: Claimed, started: float, response: _wire.RunResponse) -> Completion:
         now = self.clock()
@@ -405,6 +420,11 @@ class Engine:
             snapshot_size=snapshot,
             dispatched=dispatched,
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _replicas(endpoint: str) -> tuple[str, ...]:
+    return tuple(url.strip().rstrip("/") for url in endpoint.split(",") if url.strip())
 
 
 def _results(call: Claimed) -> tuple[_wire.CallResult, ...]:

@@ -24,11 +24,14 @@ T = TypeVar("T")
 
 
 class TransportError(Exception):
-    """No answer from the endpoint; ``status`` is what the failure counts as."""
+    """No answer from the endpoint; ``status`` is what the failure counts as.
+    ``sent``: False when no connection was made, so the endpoint never saw
+    the request (another replica may take it at once)."""
 
-    def __init__(self, status: Status, message: str) -> None:
+    def __init__(self, status: Status, message: str, *, sent: bool = True) -> None:
         super().__init__(message)
         self.status = status
+        self.sent = sent
 
 
 class Invoker(Protocol):
@@ -63,7 +66,7 @@ class HTTPInvoker:
             raise TransportError(Status.TIMEOUT, f"no answer within {timeout:g} s") from error
         except aiohttp.ClientConnectorError as error:
             status = _connector_status(error)
-            raise TransportError(status, f"cannot connect to {url}: {error}") from error
+            raise TransportError(status, f"cannot connect to {url}: {error}", sent=False) from error
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
             raise TransportError(
                 Status.TCP_ERROR, f"connection to {url} failed: {error}"
