@@ -40,11 +40,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dispatch", description="Durable execution for Python.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a command connected to a local orchestrator")
-    run.add_argument("--db", help="database (default: .dispatch/dispatch.db)")
+    run.add_argument(
+        "--db",
+        help="database path or URL (default: $DISPATCH_DATABASE_URL, else .dispatch/dispatch.db)",
+    )
     run.add_argument("--no-table", action="store_true", help="no live table of calls")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the command to run")
     server = commands.add_parser("server", help="run a standalone orchestrator")
-    server.add_argument("--db", help="database URL or path (default: .dispatch/dispatch.db)")
+    server.add_argument(
+        "--db",
+        help="database path, or postgresql:// URL shared by several servers "
+        "(default: $DISPATCH_DATABASE_URL, else .dispatch/dispatch.db)",
+    )
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=4001)
     defaults = RetryPolicy()
@@ -87,6 +94,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
 
 
 def _database(db: str | None) -> str:
+    db = db or os.environ.get("DISPATCH_DATABASE_URL")
     if db:
         return db
     directory = _local.directory()
