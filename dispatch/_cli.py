@@ -67,6 +67,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=defaults.attempt_timeout,
         help=f"seconds an endpoint has to answer (default: {defaults.attempt_timeout:g})",
     )
+    server.add_argument(
+        "--lease",
+        type=_positive(float),
+        default=30.0,
+        help="seconds a call stays claimed by a server that stopped renewing it (dead), "
+        "before another server sharing the database runs it again (default: 30)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
@@ -75,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 parser.error("dispatch run needs a command: dispatch run -- python app.py")
             sys.exit(asyncio.run(_run(command, args.db, table=not args.no_table)))
         policy = RetryPolicy(max_attempts=args.max_attempts, attempt_timeout=args.attempt_timeout)
-        sys.exit(asyncio.run(_server(args.db, args.host, args.port, policy)))
+        sys.exit(asyncio.run(_server(args.db, args.host, args.port, policy, args.lease)))
     except DatabaseLocked as error:
         parser.exit(1, f"dispatch: {error}\n")
 
@@ -273,14 +280,18 @@ def _table(calls: list[CallSummary]) -> Table:
     return table
 
 
-async def _server(db: str | None, host: str, port: int, policy: RetryPolicy) -> int:
+async def _server(db: str | None, host: str, port: int, policy: RetryPolicy, lease: float) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     keys = _local.keys()
     api_key = os.environ.get("DISPATCH_API_KEY") or keys.api_key
     signing = os.environ.get("DISPATCH_SIGNING_KEY") or keys.signing_key
     private = _signature.load_private_key(signing)
     orchestrator = Orchestrator(
-        open_storage(_database(db)), signing_key=private, api_key=api_key, policy=policy
+        open_storage(_database(db)),
+        signing_key=private,
+        api_key=api_key,
+        policy=policy,
+        lease=lease,
     )
     server = Server(_config(orchestrator, host, port))
     public = _signature.public_key_text(private)

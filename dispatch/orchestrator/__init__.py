@@ -64,6 +64,7 @@ class Orchestrator:
         api_key: str | None,
         policy: RetryPolicy | None = None,
         invoker: Invoker | None = None,
+        lease: float = 30.0,
     ) -> None:
         self.storage = storage
         self.invoker = invoker or HTTPInvoker()
@@ -72,6 +73,7 @@ class Orchestrator:
             self.invoker,
             signing_key,
             policy=policy,
+            lease=lease,
             exclusive=storage.exclusive,
         )
         self.api = api_app(self.engine, api_key)

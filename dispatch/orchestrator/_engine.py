@@ -79,7 +79,7 @@ class Engine:
         signing_key: Ed25519PrivateKey | None,
         *,
         policy: RetryPolicy | None = None,
-        lease: float = 60.0,
+        lease: float = 30.0,
         exclusive: bool = False,
         clock: Callable[[], float] = time.time,
         limiter: Callable[[], Limiter] = Limiter,

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class Cluster:
         apps: int = 1,
         shape: dict[str, str] | None = None,
         max_attempts: int = 50,
+        lease: float = 30.0,
     ) -> None:
         self.directory = directory
         self.database = database
@@ -56,6 +58,7 @@ class Cluster:
         self.app_ports = [free_port() for _ in range(apps)]
         self.shape = shape or {}
         self.max_attempts = max_attempts
+        self.lease = lease
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.starts = 0
 
@@ -82,7 +85,7 @@ class Cluster:
                 sys.executable, "-m", "dispatch", "server", "--db", self.database,
                 "--port", str(self.api_ports[index]),
                 # Enough attempts to ride out every kill of an application replica.
-                "--max-attempts", str(self.max_attempts),
+                "--max-attempts", str(self.max_attempts), "--lease", str(self.lease),
             ]  # fmt: skip
             url = f"{self.api(index)}/v1/health"
         else:
@@ -142,6 +145,19 @@ class Cluster:
                 process.wait()
         self.processes.clear()
 
+    def running(self, kind: str) -> list[str]:
+        """The names of the live processes of ``kind`` (orchestrator, app)."""
+        return [
+            name
+            for name, process in self.processes.items()
+            if name.startswith(f"{kind}-") and process.poll() is None
+        ]
+
+    def leaves_run_by(self, name: str) -> int:
+        """How many leaves the process ``name`` (as it runs now) finished."""
+        path = self.executions / f"{self.processes[name].pid}.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
@@ -175,3 +191,29 @@ class Cluster:
                     continue
                 runs.setdefault((depth, index), []).append((start, end))
         return runs
+
+
+POSTGRES = os.environ.get("DISPATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_database(name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped after it): its URL.
+
+    Skips the test when no server is reachable at ``DISPATCH_TEST_POSTGRES_URL``,
+    unless ``DISPATCH_REQUIRE_POSTGRES=1`` (CI), where that is a failure."""
+    import psycopg
+    import pytest
+
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as error:
+        if os.environ.get("DISPATCH_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}: {error}")
+    database = f"{name}_{os.getpid()}_{time.time_ns() % 10**9}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+        try:
+            yield POSTGRES.rsplit("/", 1)[0] + f"/{database}"
+        finally:
+            admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
