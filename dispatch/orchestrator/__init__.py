@@ -45,10 +45,17 @@ __all__ = [
 
 
 def open_storage(url: str) -> Storage:
-    """The storage a database URL names: ``sqlite:///path``, a plain file path,
-    or ``:memory:``."""
+    """The storage a database URL names: ``postgresql://...`` (shared by any
+    number of orchestrators), ``sqlite:///path``, a plain file path, or
+    ``:memory:``."""
     if url.startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError("PostgreSQL storage is not available yet")
+        try:
+            from ._postgres import PostgresStorage
+        except ImportError as error:
+            raise RuntimeError(
+                f"PostgreSQL storage needs psycopg 3 ({error}): pip install 'dispatch[postgres]'"
+            ) from None
+        return PostgresStorage(url)
     path = url.removeprefix("sqlite:///").removeprefix("sqlite://")
     return SQLiteStorage(path)
 

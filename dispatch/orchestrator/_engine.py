@@ -194,7 +194,9 @@ class Engine:
                 )
                 # Leases that expired all the same (an answer that could not be
                 # recorded, an orchestrator that died) make their calls due again.
-                if await self.storage.recover(self.clock()):
+                recovered = await self.storage.recover(self.clock())
+                if recovered:
+                    logger.info("%d calls whose lease expired are due again", recovered)
                     self.wake()
             except Exception:
                 logger.exception("renewing leases failed")
@@ -221,7 +223,10 @@ class Engine:
                 "call %s: attempt %d failed in the orchestrator", call.id, call.attempt
             )
         finally:
-            self._attempts.pop(call.id, None)
+            # Unless the call already runs again here (a resume claimed while
+            # this attempt was finishing), whose lease must be kept.
+            if self._attempts.get(call.id) is asyncio.current_task():
+                del self._attempts[call.id]
             if not released:
                 limiter.release(False)
             self.wake()

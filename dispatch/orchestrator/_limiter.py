@@ -22,7 +22,7 @@ class Limiter:
         self,
         initial: float = 16.0,
         minimum: float = 1.0,
-        maximum: float = 1000.0,
+        maximum: float = 100.0,
         decrease: float = 0.5,
         cooldown: float = 0.25,
         clock: Callable[[], float] = time.monotonic,

@@ -221,7 +221,8 @@ class Storage(Protocol):
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
     ) -> list[Claimed]:
         """Claim up to ``limit`` due calls (of ``endpoint``, or of any), leased
-        to ``owner`` until ``now + lease``, each with its attempt counted."""
+        to ``owner`` until ``now + lease`` (plus however long the claim waited
+        to happen, for a lease counts from then), each with its attempt counted."""
 
     async def complete(self, completion: Completion) -> bool:
         """Apply how an attempt ended; False (and nothing changed) if the

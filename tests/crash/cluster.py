@@ -191,29 +191,3 @@ class Cluster:
                     continue
                 runs.setdefault((depth, index), []).append((start, end))
         return runs
-
-
-POSTGRES = os.environ.get("DISPATCH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def postgres_database(name: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test (dropped after it): its URL.
-
-    Skips the test when no server is reachable at ``DISPATCH_TEST_POSTGRES_URL``,
-    unless ``DISPATCH_REQUIRE_POSTGRES=1`` (CI), where that is a failure."""
-    import psycopg
-    import pytest
-
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as error:
-        if os.environ.get("DISPATCH_REQUIRE_POSTGRES") == "1":
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES}: {error}")
-    database = f"{name}_{os.getpid()}_{time.time_ns() % 10**9}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{database}"')
-        try:
-            yield POSTGRES.rsplit("/", 1)[0] + f"/{database}"
-        finally:
-            admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')

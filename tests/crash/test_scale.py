@@ -25,7 +25,8 @@ import crash_app
 import httpx
 import msgpack  # type: ignore[import-untyped]
 import pytest
-from cluster import Cluster, postgres_database
+from cluster import Cluster
+from postgres_server import postgres_database
 
 from dispatch import Status, _wire
 
@@ -33,7 +34,7 @@ from dispatch import Status, _wire
 SHAPE = {"CRASH_ROOTS": "44", "CRASH_DEPTH": "2", "CRASH_WIDTH": "7", "CRASH_LEAF_SECONDS": "0.01"}
 ROOTS, DEPTH, WIDTH = 44, 2, 7
 TOTAL = ROOTS * (2 + WIDTH * (2 + WIDTH * 2))
-LEASE = 2.0
+LEASE = 5.0
 
 
 @pytest.fixture

@@ -16,18 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pytest
 
+from postgres_server import postgres_schema
+
 from dispatch.orchestrator import SQLiteStorage, Storage
+from dispatch.orchestrator._postgres import PostgresStorage
 
 T = TypeVar("T")
 
-BACKENDS = ["sqlite-file", "sqlite-memory"]
+BACKENDS = ["sqlite-file", "sqlite-memory", "postgres"]
 
 
 class InLoop(Generic[T]):
@@ -56,13 +59,16 @@ async def _run(test: Callable[..., Any], arguments: dict[str, Any]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_backend(kind: str, directory: Path) -> AsyncIterator[Storage]:
-    """A new, empty, migrated storage of ``kind``; closed on exit."""
+async def open_backend(kind: str, location: str) -> AsyncIterator[Storage]:
+    """A new, empty, migrated storage of ``kind`` at ``location`` (a
+    directory, or a PostgreSQL URL); closed on exit."""
     storage: Storage
     if kind == "sqlite-file":
-        storage = SQLiteStorage(str(directory / "dispatch.db"))
+        storage = SQLiteStorage(str(Path(location) / "dispatch.db"))
     elif kind == "sqlite-memory":
         storage = SQLiteStorage(":memory:")
+    elif kind == "postgres":
+        storage = PostgresStorage(location)
     else:
         raise AssertionError(f"unknown backend {kind}")
     try:
@@ -80,6 +86,10 @@ def via(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(params=BACKENDS)
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> InLoop[Storage]:
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InLoop[Storage]]:
     kind: str = request.param
-    return InLoop(lambda: open_backend(kind, tmp_path))
+    if kind == "postgres":  # a schema of its own, dropped after the test
+        for url in postgres_schema():
+            yield InLoop(lambda: open_backend(kind, url))
+    else:
+        yield InLoop(lambda: open_backend(kind, str(tmp_path)))

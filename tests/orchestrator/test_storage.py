@@ -43,6 +43,7 @@ LEASE = 60.0
 T = 1_000_000.0
 OK = Status.OK.value
 FAR = T + 10_000.0  # a max wait that does not come in these tests
+SLACK = 0.5  # a lease counts from when the claim happens: "now" plus the time it waited
 
 
 def new(
@@ -283,7 +284,7 @@ async def test_claim_leases_the_call(storage: Storage) -> None:
     assert await claim(storage, T + 1, owner=OTHER) == {}  # running: not claimed twice
     assert await storage.next_due() is None
     assert await storage.recover(T + LEASE - 0.01) == 0
-    assert await storage.recover(T + LEASE) == 1
+    assert await storage.recover(T + LEASE + SLACK) == 1
     assert set(await claim(storage, T + LEASE, owner=OTHER)) == {"a"}
 
 
@@ -406,7 +407,7 @@ async def test_results_are_redelivered_when_a_resume_is_lost(storage: Storage) -
     resumed = await claim_one(storage, "p", T + 3)
     assert len(resumed.results) == 2
     # The orchestrator died during the resume: the lease expires.
-    assert await storage.recover(T + 3 + LEASE) == 1
+    assert await storage.recover(T + 3 + LEASE + SLACK) == 1
     again = await claim_one(storage, "p", T + 3 + LEASE, owner=OTHER)
     assert again.results == resumed.results
     assert not await storage.complete(completion(resumed, Finish(OK, output=b"x"), T + 70))
@@ -708,7 +709,7 @@ async def test_complete_by_another_owner_changes_nothing(storage: Storage) -> No
 async def test_complete_of_a_stale_run_changes_nothing(storage: Storage) -> None:
     await storage.create([new("a")], T)
     stale = await claim_one(storage, "a", T)
-    assert await storage.recover(T + LEASE) == 1
+    assert await storage.recover(T + LEASE + SLACK) == 1
     current = await claim_one(storage, "a", T + LEASE)  # the same owner claims it again
     assert current.run == stale.run + 1
     assert not await storage.complete(completion(stale, Finish(OK, output=b"old"), T + 61))
@@ -748,7 +749,7 @@ async def test_complete_and_claim_starts_the_children_of_a_suspension(storage: S
     assert [await state(storage, f"p.{cid}") for cid in (1, 2, 3)].count(RUNNING) == 1
     assert (await state(storage, "p.9"), await state(storage, "elsewhere")) == (PENDING, PENDING)
     # Claimed for the owner of the completion: a renewal keeps them, an expiry recovers them.
-    assert await storage.recover(T + 1 + LEASE) == 2
+    assert await storage.recover(T + 1 + LEASE + SLACK) == 2
 
 
 async def test_complete_and_claim_resumes_the_parent_a_result_woke(storage: Storage) -> None:
@@ -778,7 +779,7 @@ async def test_complete_and_claim_after_a_lost_claim_changes_nothing_but_claims(
 ) -> None:
     await storage.create([new("a")], T)
     lost = await claim_one(storage, "a", T)
-    assert await storage.recover(T + LEASE) == 1
+    assert await storage.recover(T + LEASE + SLACK) == 1
     await storage.create([new("b")], T + LEASE)
     completed, claimed = await storage.complete_and_claim(
         completion(lost, Finish(OK, output=b"late"), T + LEASE + 1), 5, LEASE
@@ -799,7 +800,7 @@ async def test_renew_extends_the_leases_of_its_owner(storage: Storage) -> None:
     mine = ["a", "b", "c"]
     await storage.renew(OWNER, mine, T + 500)  # "c" is not this owner's: unchanged
     await storage.renew(OWNER, [], T + 900)
-    assert await storage.recover(T + LEASE) == 1
+    assert await storage.recover(T + LEASE + SLACK) == 1
     assert await state(storage, other) == PENDING
     assert await storage.recover(T + 499) == 0
     assert await storage.recover(T + 500) == 2

@@ -1,0 +1,838 @@
+"""PostgreSQL storage (psycopg 3, async, pooled): several orchestrators, one database.
+
+Every orchestrator process pointed at the same database shares its calls.
+PostgreSQL does the distributed part:
+
+- a due call is claimed by one process at a time: ``FOR UPDATE SKIP LOCKED``
+  picks rows no other transaction holds, and the claim leases the call to
+  its process until an expiry, which the process renews while the attempt
+  runs; a process that dies loses its leases to the others (``recover``);
+- every transition is guarded by the state, lease owner and run number the
+  claimer saw, so an answer that comes after its lease was lost changes
+  nothing (the call's row lock serializes the two);
+- a parent's counters of children outstanding and results undelivered are
+  updated under the parent's row lock, and the test that wakes it runs after,
+  in the same transaction, so two children finishing at once on two
+  processes cannot both miss waking it;
+- a transaction that makes work due at once sends ``NOTIFY dispatch_work``;
+  :meth:`PostgresStorage.watch` listens, so idle processes wake at once
+  instead of polling;
+- migrations run under a transaction-scoped advisory lock, so processes
+  starting together apply each one once.
+
+Transactions that PostgreSQL aborts for a deadlock (a parent cancelling its
+children while one of them delivers its result to it) or a serialization
+failure run again. The schema goes where the connection's ``search_path``
+points (``?options=-csearch_path%3Dname`` in the URL for another schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import AsyncConnectionPool
+
+from .. import _wire
+from .._status import Status
+from ._storage import (
+    CANCELLED,
+    DONE,
+    PENDING,
+    RUNNING,
+    WAITING,
+    AttemptRecord,
+    CallConflict,
+    CallRecord,
+    CallSummary,
+    Claimed,
+    Completion,
+    Finish,
+    NewCall,
+    Result,
+    Retry,
+)
+
+logger = logging.getLogger("dispatch.orchestrator")
+
+T = TypeVar("T")
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+
+CHANNEL = "dispatch_work"
+
+MIGRATION_LOCK = 0x64697370  # "disp": the advisory lock migrations take
+
+# The hot operations are functions in the database: each is one statement,
+# so one round trip and a transaction that lasts as long as the server needs,
+# never as long as a busy event loop takes to send the next statement.
+# A change to a function is a new migration (CREATE OR REPLACE FUNCTION).
+_FUNCTIONS = r"""
+-- Insert calls due now, from columns; how many were new (with existing_ok,
+-- an id that exists is skipped, else it fails the statement).
+CREATE FUNCTION dispatch_insert(
+    ids text[], roots text[], parents text[], cids bigint[], functions text[],
+    endpoints text[], inputs bytea[], expires float8[], now float8, existing_ok boolean
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    IF coalesce(cardinality(ids), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    IF existing_ok THEN
+        INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input,
+                           state, due_at, created_at, expires_at)
+        SELECT i, r, p, c, f, e, b, 'pending', now, now, x
+        FROM unnest(ids, roots, parents, cids, functions, endpoints, inputs, expires)
+            AS t(i, r, p, c, f, e, b, x)
+        ON CONFLICT (id) DO NOTHING;
+    ELSE
+        INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input,
+                           state, due_at, created_at, expires_at)
+        SELECT i, r, p, c, f, e, b, 'pending', now, now, x
+        FROM unnest(ids, roots, parents, cids, functions, endpoints, inputs, expires)
+            AS t(i, r, p, c, f, e, b, x);
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Create root calls, all or none. An id that exists names that call (not
+-- created again) unless it is of another function or endpoint: SQLSTATE DP409.
+CREATE FUNCTION dispatch_create(
+    ids text[], roots text[], parents text[], cids bigint[], functions text[],
+    endpoints text[], inputs bytea[], expires float8[], now float8
+) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+    conflict record;
+BEGIN
+    n := dispatch_insert(ids, roots, parents, cids, functions, endpoints, inputs, expires,
+                         now, true);
+    IF n < cardinality(ids) THEN
+        SELECT calls.id, calls.function, calls.endpoint INTO conflict
+        FROM calls JOIN unnest(ids, functions, endpoints, parents) AS t(i, f, e, p)
+            ON calls.id = t.i
+        WHERE (calls.function, calls.endpoint) IS DISTINCT FROM (t.f, t.e)
+            OR calls.parent_id IS DISTINCT FROM t.p
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'dispatch id % names another call (% at %)',
+                quote_literal(conflict.id), conflict.function, conflict.endpoint
+                USING ERRCODE = 'DP409';
+        END IF;
+    END IF;
+    IF n > 0 THEN
+        PERFORM pg_notify('dispatch_work', '');
+    END IF;
+    RETURN n;
+END $$;
+
+-- Make a waiting call due if it has the results it asked for, or has some
+-- and will get no more (no child left running); whether it did.
+CREATE FUNCTION dispatch_wake(call_id text, now float8) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE calls SET state = 'pending', due_at = now
+    WHERE id = call_id AND state = 'waiting'
+        AND (undelivered >= min_results OR (undelivered > 0 AND outstanding <= 0));
+    RETURN FOUND;
+END $$;
+
+-- Record a finished child's result for its parent (once: a unique child id)
+-- under the parent's row lock, then wake the parent if that is enough.
+CREATE FUNCTION dispatch_deliver(
+    child text, parent text, result_status integer, result_output bytea,
+    result_error bytea, now float8
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    INSERT INTO results (parent_id, correlation_id, child_id, status, output, error)
+    SELECT parent_id, correlation_id, id, result_status, result_output, result_error
+    FROM calls WHERE id = child
+    ON CONFLICT (child_id) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    UPDATE calls SET undelivered = undelivered + n, outstanding = outstanding - 1
+    WHERE id = parent;
+    RETURN dispatch_wake(parent, now);
+END $$;
+
+-- Cancel calls and their descendants that are not done; how many. With
+-- notify_parents, a cancelled call's parent that is not itself cancelled
+-- receives a "cancelled" error as the call's result.
+CREATE FUNCTION dispatch_cancel(roots text[], now float8, notify_parents boolean)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    ids text[];
+    cancelled record;
+BEGIN
+    IF coalesce(cardinality(roots), 0) = 0 THEN
+        RETURN 0;
+    END IF;
+    WITH RECURSIVE tree(id) AS (
+        SELECT id FROM calls WHERE id = ANY(roots)
+        UNION SELECT calls.id FROM calls JOIN tree ON calls.parent_id = tree.id
+    ), done AS (
+        UPDATE calls SET state = 'done', status = {cancelled}, error = {cancelled_error},
+            finished_at = now, snapshot = NULL, lease_owner = NULL, outstanding = 0
+        FROM tree WHERE calls.id = tree.id AND calls.state != 'done'
+        RETURNING calls.id
+    )
+    SELECT array_agg(id) INTO ids FROM done;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR cancelled IN
+        SELECT id, parent_id FROM calls
+        WHERE id = ANY(roots) AND id = ANY(ids) AND parent_id IS NOT NULL
+            AND NOT parent_id = ANY(ids)
+    LOOP
+        IF notify_parents THEN
+            IF dispatch_deliver(cancelled.id, cancelled.parent_id, {permanent_error},
+                                NULL, {cancelled_error}, now) THEN
+                PERFORM pg_notify('dispatch_work', '');
+            END IF;
+        ELSE
+            UPDATE calls SET outstanding = outstanding - 1 WHERE id = cancelled.parent_id;
+        END IF;
+    END LOOP;
+    RETURN cardinality(ids);
+END $$;
+
+CREATE FUNCTION dispatch_cancel_children(parent text, now float8)
+RETURNS integer LANGUAGE sql AS $$
+    SELECT dispatch_cancel(
+        ARRAY(SELECT id FROM calls WHERE parent_id = parent AND state != 'done'), now, false)
+$$;
+
+-- Claim up to max_calls due pending calls (of one endpoint, or of any) that
+-- no other transaction holds, leased to owner; resumes come with the results
+-- that arrived for them (at most their max_results), oldest first. With
+-- resume_waits, waits that reached their max wait are made due first.
+CREATE FUNCTION dispatch_claim(
+    owner text, of_endpoint text, max_calls integer, now float8, lease float8,
+    resume_waits boolean
+) RETURNS TABLE (
+    id text, root_id text, parent_id text, function text, endpoint text, input bytea,
+    snapshot bytea, attempt integer, runs integer, created_at float8, expires_at float8,
+    result_seqs bigint[], result_cids bigint[], result_children text[],
+    result_statuses integer[], result_outputs bytea[], result_errors bytea[]
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    ids text[];
+BEGIN
+    IF resume_waits THEN
+        UPDATE calls SET state = 'pending', due_at = wait_until
+        WHERE calls.id IN (SELECT calls.id FROM calls
+                           WHERE state = 'waiting' AND wait_until <= now
+                           FOR UPDATE SKIP LOCKED);
+    END IF;
+    IF max_calls <= 0 THEN
+        RETURN;
+    END IF;
+    IF of_endpoint IS NULL THEN
+        ids := ARRAY(SELECT calls.id FROM calls WHERE state = 'pending' AND due_at <= now
+                     ORDER BY due_at LIMIT max_calls FOR UPDATE SKIP LOCKED);
+    ELSE
+        ids := ARRAY(SELECT calls.id FROM calls
+                     WHERE state = 'pending' AND endpoint = of_endpoint AND due_at <= now
+                     ORDER BY due_at LIMIT max_calls FOR UPDATE SKIP LOCKED);
+    END IF;
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE calls SET state = 'running', lease_owner = owner,
+            -- From when the claim happens: this statement may have waited
+            -- for row locks since it was sent.
+            lease_expires = now + lease
+                + extract(epoch FROM clock_timestamp() - statement_timestamp()),
+            attempt = attempt + 1, runs = runs + 1
+        WHERE calls.id = ANY(ids)
+        RETURNING calls.*
+    )
+    SELECT c.id, c.root_id, c.parent_id, c.function, c.endpoint, c.input, c.snapshot,
+        c.attempt, c.runs, c.created_at, c.expires_at,
+        r.seqs, r.cids, r.children, r.statuses, r.outputs, r.errors
+    FROM claimed c LEFT JOIN LATERAL (
+        SELECT array_agg(x.seq ORDER BY x.seq) AS seqs,
+            array_agg(x.correlation_id ORDER BY x.seq) AS cids,
+            array_agg(x.child_id ORDER BY x.seq) AS children,
+            array_agg(x.status ORDER BY x.seq) AS statuses,
+            array_agg(x.output ORDER BY x.seq) AS outputs,
+            array_agg(x.error ORDER BY x.seq) AS errors
+        FROM (SELECT * FROM results
+              WHERE results.parent_id = c.id AND NOT delivered AND c.snapshot IS NOT NULL
+              ORDER BY seq LIMIT coalesce(c.max_results, 1000)) x
+    ) r ON true
+    ORDER BY c.due_at;
+END $$;
+
+-- Apply how an attempt ended, guarded by what its claimer saw (state,
+-- owner, run); false, and nothing changed, if the claim was lost meanwhile.
+-- kind: 'finish' (status, output, error), 'retry' (due, status, error,
+-- restart, tail_function, tail_input) or 'suspend' (snapshot, min/max
+-- results, wait_until, the children c_*, the correlation ids to cancel).
+CREATE FUNCTION dispatch_complete(
+    call_id text, owner text, run integer, attempt_number integer, parent text,
+    now float8, kind text, new_status integer, new_output bytea, new_error bytea,
+    due float8, restart boolean, tail_function text, tail_input bytea,
+    new_snapshot bytea, min_wanted integer, max_wanted integer, wait_limit float8,
+    cancel_cids bigint[], reported integer, duration float8, error_type text,
+    error_message text, snapshot_size integer, delivered_seqs bigint[],
+    c_ids text[], c_roots text[], c_parents text[], c_cids bigint[], c_functions text[],
+    c_endpoints text[], c_inputs bytea[], c_expires float8[],
+    d_ids text[], d_roots text[], d_parents text[], d_cids bigint[], d_functions text[],
+    d_endpoints text[], d_inputs bytea[], d_expires float8[]
+) RETURNS boolean LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    due_now boolean := false;
+BEGIN
+    IF kind = 'finish' THEN
+        UPDATE calls SET state = 'done', status = new_status, output = new_output,
+            error = new_error, finished_at = now, snapshot = NULL, lease_owner = NULL
+        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
+    ELSIF kind = 'retry' THEN
+        UPDATE calls SET state = 'pending', due_at = due, status = new_status,
+            error = new_error, lease_owner = NULL,
+            snapshot = CASE WHEN restart THEN NULL ELSE snapshot END,
+            function = coalesce(tail_function, function), input = coalesce(tail_input, input),
+            attempt = CASE WHEN tail_function IS NOT NULL THEN 0 ELSE attempt END
+        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
+    ELSE
+        -- The next run is a new step: its attempts count from one again.
+        UPDATE calls SET state = 'waiting', snapshot = new_snapshot,
+            min_results = min_wanted, max_results = max_wanted, wait_until = wait_limit,
+            status = new_status, lease_owner = NULL, attempt = 0,
+            outstanding = outstanding + coalesce(cardinality(c_ids), 0)
+        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
+    END IF;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    INSERT INTO attempts (call_id, number, attempt, started_at, finished_at, status,
+                          error_type, error_message, snapshot_size)
+    VALUES (call_id, run, attempt_number, now - duration, now, reported, error_type,
+            error_message, snapshot_size)
+    ON CONFLICT (call_id, number) DO UPDATE SET attempt = EXCLUDED.attempt,
+        started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+        status = EXCLUDED.status, error_type = EXCLUDED.error_type,
+        error_message = EXCLUDED.error_message, snapshot_size = EXCLUDED.snapshot_size;
+    IF kind <> 'retry' AND cardinality(delivered_seqs) > 0 THEN
+        UPDATE results SET delivered = true WHERE seq = ANY(delivered_seqs);
+        UPDATE calls SET undelivered = undelivered - cardinality(delivered_seqs)
+        WHERE id = call_id;
+    END IF;
+    -- Independent calls the function dispatched while running.
+    IF dispatch_insert(d_ids, d_roots, d_parents, d_cids, d_functions, d_endpoints,
+                       d_inputs, d_expires, now, true) > 0 THEN
+        due_now := true;
+    END IF;
+    IF kind = 'retry' THEN
+        due_now := due_now OR due <= now;
+        IF restart THEN
+            -- Starting over: what the old run started and received is moot,
+            -- and its correlation ids would collide with the new run's.
+            PERFORM dispatch_cancel_children(call_id, now);
+            UPDATE results SET delivered = true WHERE parent_id = call_id AND NOT delivered;
+            UPDATE calls SET undelivered = 0 WHERE id = call_id;
+        END IF;
+    ELSIF kind = 'suspend' THEN
+        IF dispatch_insert(c_ids, c_roots, c_parents, c_cids, c_functions, c_endpoints,
+                           c_inputs, c_expires, now, false) > 0 THEN
+            due_now := true;
+        END IF;
+        IF cardinality(cancel_cids) > 0 THEN
+            PERFORM dispatch_cancel(
+                ARRAY(SELECT id FROM calls WHERE parent_id = call_id
+                      AND correlation_id = ANY(cancel_cids) AND state != 'done'),
+                now, false);
+        END IF;
+        IF dispatch_wake(call_id, now) THEN
+            due_now := true;
+        END IF;
+    ELSE
+        IF run > 1 THEN  -- a first run has no children yet
+            -- A finished call's children still running are of no use to anyone.
+            PERFORM dispatch_cancel_children(call_id, now);
+        END IF;
+        IF parent IS NOT NULL
+           AND dispatch_deliver(call_id, parent, new_status, new_output, new_error, now) THEN
+            due_now := true;
+        END IF;
+    END IF;
+    IF due_now THEN
+        PERFORM pg_notify('dispatch_work', '');
+    END IF;
+    RETURN true;
+END $$;
+"""
+
+MIGRATIONS = [
+    # 1: calls, the results waiting for their parents, every attempt (the
+    # same model as the SQLite backend's schema), and the functions above.
+    """
+    CREATE TABLE calls (
+        id text PRIMARY KEY,
+        root_id text NOT NULL,
+        parent_id text,
+        correlation_id bigint NOT NULL DEFAULT 0,
+        function text NOT NULL,
+        endpoint text NOT NULL,
+        input bytea,
+        state text NOT NULL,
+        status integer,
+        output bytea,
+        error bytea,
+        attempt integer NOT NULL DEFAULT 0,
+        runs integer NOT NULL DEFAULT 0,
+        due_at double precision,
+        lease_owner text,
+        lease_expires double precision,
+        snapshot bytea,
+        min_results integer,
+        max_results integer,
+        wait_until double precision,
+        created_at double precision NOT NULL,
+        expires_at double precision,
+        finished_at double precision,
+        outstanding integer NOT NULL DEFAULT 0,
+        undelivered integer NOT NULL DEFAULT 0
+    );
+    CREATE INDEX calls_due ON calls (endpoint, due_at) WHERE state = 'pending';
+    CREATE INDEX calls_waiting ON calls (wait_until) WHERE state = 'waiting';
+    CREATE INDEX calls_running ON calls (lease_expires) WHERE state = 'running';
+    CREATE INDEX calls_children ON calls (parent_id, correlation_id);
+    CREATE INDEX calls_root ON calls (root_id);
+    CREATE INDEX calls_roots_recent ON calls (created_at) WHERE parent_id IS NULL;
+    CREATE TABLE results (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        parent_id text NOT NULL,
+        correlation_id bigint NOT NULL,
+        child_id text NOT NULL UNIQUE,
+        status integer NOT NULL,
+        output bytea,
+        error bytea,
+        delivered boolean NOT NULL DEFAULT false
+    );
+    CREATE INDEX results_undelivered ON results (parent_id, seq) WHERE NOT delivered;
+    CREATE TABLE attempts (
+        call_id text NOT NULL,
+        number integer NOT NULL,
+        attempt integer NOT NULL,
+        started_at double precision,
+        finished_at double precision,
+        status integer,
+        error_type text,
+        error_message text,
+        snapshot_size integer,
+        PRIMARY KEY (call_id, number)
+    );
+    """
+    + _FUNCTIONS.replace("{cancelled}", str(CANCELLED))
+    .replace("{permanent_error}", str(Status.PERMANENT_ERROR.value))
+    .replace(
+        "{cancelled_error}",
+        "'\\x"
+        + _wire.Error(
+            status=Status.PERMANENT_ERROR.value,
+            type="dispatch.Cancelled",
+            message="the call was cancelled",
+        )
+        .to_msgpack()
+        .hex()
+        + "'::bytea",
+    ),
+]
+
+_RECORD = (
+    "id",
+    "root_id",
+    "parent_id",
+    "function",
+    "endpoint",
+    "state",
+    "status",
+    "attempt",
+    "created_at",
+    "finished_at",
+    "input",
+    "output",
+    "error",
+)
+
+_COLUMNS = "ids, roots, parents, cids, functions, endpoints, inputs, expires"
+_ARRAYS = (
+    "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
+    "%s::bytea[], %s::float8[]"
+)
+
+_CLAIM = "SELECT * FROM dispatch_claim(%s, %s, %s, %s, %s, %s)"
+
+_COMPLETE = (
+    "SELECT dispatch_complete(" + ", ".join(["%s"] * 25) + ", " + _ARRAYS + ", " + _ARRAYS + ")"
+)
+
+# complete, then claim in the same statement (one transaction): the claim's
+# arguments depend on the completion's result, so it runs after it.
+_COMPLETE_AND_CLAIM = (
+    f"WITH completion AS MATERIALIZED ({_COMPLETE} AS completed) "
+    f"SELECT completion.completed, claimed.* FROM completion LEFT JOIN LATERAL "
+    f"dispatch_claim(%s, %s, CASE WHEN completion.completed IS NULL THEN 0 ELSE %s END, "
+    f"%s, %s, false) AS claimed ON true"
+)
+
+_RETRIED = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+class PostgresStorage:
+    """:class:`Storage` on a PostgreSQL database, shared by any number of orchestrators."""
+
+    exclusive = False
+
+    def __init__(self, url: str, *, pool_size: int = 8) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._opening = asyncio.Lock()
+        self._leases: Conn | None = None  # see _keep_leases
+        self._leasing = asyncio.Lock()
+
+    async def _open(self) -> AsyncConnectionPool[Conn]:
+        async with self._opening:
+            if self._pool is None:
+                # Autocommit: a statement is its own transaction, as the
+                # functions above need; several statements take transaction().
+                pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    kwargs={"autocommit": True},
+                    open=False,
+                )
+                await pool.open(wait=True, timeout=30)
+                self._pool = pool
+            return self._pool
+
+    async def _run(self, work: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
+        """``work`` in one transaction (or, for one statement, without
+        ``transaction``: a statement is its own), run again if PostgreSQL
+        aborts it for a deadlock (a parent cancelling its children while one
+        of them delivers its result to it) or a serialization failure: then
+        nothing of it happened."""
+        pool = self._pool or await self._open()
+        for attempt in range(1, 11):
+            try:
+                async with pool.connection() as connection:
+                    if not transaction:
+                        return await work(connection)
+                    async with connection.transaction():
+                        return await work(connection)
+            except _RETRIED:
+                if attempt == 10:
+                    raise
+                await asyncio.sleep(0.001 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _fetch(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one statement: its own transaction, which lasts as long
+        as the server needs, however busy this process is."""
+
+        async def work(db: Conn) -> list[tuple[Any, ...]]:
+            cursor = await db.execute(sql, parameters)
+            return await cursor.fetchall()
+
+        return await self._run(work, transaction=False)
+
+    async def migrate(self) -> None:
+        async def work(db: Conn) -> None:
+            # Held until commit: a second process starting at once waits here,
+            # then finds the schema up to date.
+            await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+            row = await (await db.execute("SELECT version FROM schema_version")).fetchone()
+            version = row[0] if row else 0
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"the database has schema version {version}, newer than this dispatch "
+                    f"({len(MIGRATIONS)}): upgrade dispatch"
+                )
+            for script in MIGRATIONS[version:]:
+                await db.execute(script.encode())
+            if row is None:
+                await db.execute("INSERT INTO schema_version VALUES (%s)", (len(MIGRATIONS),))
+            else:
+                await db.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+
+        await self._run(work)
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+        async with connection:
+            await connection.execute(f"LISTEN {CHANNEL}")
+            # What was notified while not listening (before, or while reconnecting).
+            wake()
+            async for _ in connection.notifies():
+                wake()
+
+    async def close(self) -> None:
+        if self._leases is not None:
+            await self._leases.close()
+            self._leases = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def create(self, calls: Sequence[NewCall], now: float) -> None:
+        if not calls:
+            return
+        try:
+            await self._fetch(f"SELECT dispatch_create({_ARRAYS}, %s)", (*_columns(calls), now))
+        except psycopg.Error as error:
+            if error.sqlstate == "DP409":
+                raise CallConflict(error.diag.message_primary) from None
+            raise
+
+    async def claim(
+        self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
+    ) -> list[Claimed]:
+        rows = await self._claiming(
+            _CLAIM, lambda wait: (owner, endpoint, limit, now, lease + wait, True)
+        )
+        return [_claimed(row) for row in rows]
+
+    async def complete(self, completion: Completion) -> bool:
+        completed, _ = await self.complete_and_claim(completion, 0, 0.0)
+        return completed
+
+    async def complete_and_claim(
+        self, completion: Completion, limit: int, lease: float
+    ) -> tuple[bool, list[Claimed]]:
+        arguments = _completion(completion)
+        owner, endpoint, now = completion.owner, completion.call.endpoint, completion.now
+        rows = await self._claiming(
+            _COMPLETE_AND_CLAIM,
+            lambda wait: (*arguments, owner, endpoint, limit, now, lease + wait),
+        )
+        return rows[0][0], [_claimed(row[1:]) for row in rows if row[1] is not None]
+
+    async def _claiming(
+        self, sql: str, parameters: Callable[[float], Sequence[Any]]
+    ) -> list[tuple[Any, ...]]:
+        """The rows of a statement that claims calls, given its parameters for
+        a lease lengthened by how long this process waited for a connection:
+        a lease counts from when the claim happens, not from ``now``."""
+        asked = time.monotonic()
+
+        async def work(db: Conn) -> list[tuple[Any, ...]]:
+            cursor = await db.execute(sql, parameters(time.monotonic() - asked))
+            return await cursor.fetchall()
+
+        return await self._run(work, transaction=False)
+
+    async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
+        if not ids:
+            return
+        await self._keep_leases(
+            "UPDATE calls SET lease_expires = %s "
+            "WHERE id = ANY(%s) AND state = 'running' AND lease_owner = %s",
+            (until, list(ids), owner),
+        )
+
+    async def recover(self, now: float) -> int:
+        # SKIP LOCKED: a call whose row another transaction holds is being
+        # completed right now, or recovered by another process. The attempts
+        # lost are on record (when they ended, nobody knows), as the attempt
+        # counts include them.
+        rows = await self._keep_leases(
+            "WITH lost AS (UPDATE calls SET state = 'pending', due_at = LEAST(due_at, %s), "
+            "lease_owner = NULL WHERE id IN (SELECT id FROM calls "
+            "WHERE state = 'running' AND lease_expires <= %s FOR UPDATE SKIP LOCKED) "
+            "RETURNING id, runs, attempt), "
+            "recorded AS (INSERT INTO attempts (call_id, number, attempt, error_type, "
+            "error_message) SELECT id, runs, attempt, 'dispatch.Interrupted', "
+            "'the orchestrator running this attempt stopped or lost its lease' FROM lost "
+            "ON CONFLICT (call_id, number) DO UPDATE SET attempt = EXCLUDED.attempt, "
+            "started_at = NULL, finished_at = NULL, status = NULL, "
+            "error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message, "
+            "snapshot_size = NULL) "
+            f"SELECT count(*), pg_notify('{CHANNEL}', '') FROM lost",
+            (now, now),
+        )
+        count: int = rows[0][0]
+        return count
+
+    async def _keep_leases(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """One statement on the connection kept for leases: when every pooled
+        connection is busy with a burst of completions, leases must still be
+        renewed, and expired ones recovered, on time."""
+        async with self._leasing:
+            if self._leases is None or self._leases.closed:
+                self._leases = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+            cursor = await self._leases.execute(sql, parameters)
+            return await cursor.fetchall() if cursor.description else []
+
+    async def next_due(self) -> float | None:
+        rows = await self._fetch(
+            "SELECT LEAST((SELECT MIN(due_at) FROM calls WHERE state = 'pending'), "
+            "(SELECT MIN(wait_until) FROM calls WHERE state = 'waiting'))"
+        )
+        value: float | None = rows[0][0]
+        return value
+
+    async def due_endpoints(self, now: float) -> list[str]:
+        # Waiting calls past their max wait are due too: claim() resumes them.
+        rows = await self._fetch(
+            "SELECT DISTINCT endpoint FROM calls WHERE state = 'pending' AND due_at <= %s "
+            "UNION SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= %s",
+            (now, now),
+        )
+        return [row[0] for row in rows]
+
+    async def cancel(self, call_id: str, now: float) -> int:
+        rows = await self._fetch("SELECT dispatch_cancel(%s, %s, true)", ([call_id], now))
+        count: int = rows[0][0]
+        return count
+
+    async def get(self, call_id: str) -> CallRecord | None:
+        rows = await self._fetch(
+            f"SELECT {', '.join(_RECORD)} FROM calls WHERE id = %s", (call_id,)
+        )
+        if not rows:
+            return None
+        attempts = tuple(
+            AttemptRecord(*attempt)
+            for attempt in await self._fetch(
+                "SELECT number, attempt, started_at, finished_at, status, error_type, "
+                "error_message, snapshot_size FROM attempts WHERE call_id = %s ORDER BY number",
+                (call_id,),
+            )
+        )
+        children = tuple(
+            child[0]
+            for child in await self._fetch(
+                "SELECT id FROM calls WHERE parent_id = %s ORDER BY created_at, correlation_id",
+                (call_id,),
+            )
+        )
+        fields = dict(zip(_RECORD, rows[0], strict=True))
+        return CallRecord(**fields, attempts=attempts, children=children)
+
+    async def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys((PENDING, RUNNING, WAITING, DONE), 0)
+        for state, count in await self._fetch("SELECT state, COUNT(*) FROM calls GROUP BY state"):
+            counts[state] = count
+        return counts
+
+    async def recent(self, limit: int) -> list[CallSummary]:
+        return [
+            CallSummary(*row)
+            for row in await self._fetch(
+                "SELECT c.id, c.root_id, c.parent_id, c.function, c.state, c.status, c.attempt, "
+                "c.created_at, c.finished_at FROM calls c JOIN "
+                "(SELECT id, created_at FROM calls WHERE parent_id IS NULL "
+                "ORDER BY created_at DESC LIMIT %s) roots ON c.root_id = roots.id "
+                "ORDER BY roots.created_at DESC, c.created_at LIMIT %s",
+                (limit, limit),
+            )
+        ]
+
+
+def _columns(calls: Sequence[NewCall]) -> list[list[Any]]:
+    """``calls`` as the eight arrays the database functions take."""
+    return [
+        [call.id for call in calls],
+        [call.root_id for call in calls],
+        [call.parent_id for call in calls],
+        [call.correlation_id for call in calls],
+        [call.function for call in calls],
+        [call.endpoint for call in calls],
+        [call.input for call in calls],
+        [call.expires_at for call in calls],
+    ]
+
+
+def _completion(completion: Completion) -> tuple[Any, ...]:
+    """The arguments of ``dispatch_complete`` for ``completion``."""
+    call, transition = completion.call, completion.transition
+    kind, status, output, error = "suspend", completion.status, None, None
+    due, restart, tail_function, tail_input = None, False, None, None
+    snapshot, min_results, max_results, wait_until = None, None, None, None
+    children: tuple[NewCall, ...] = ()
+    cancel: list[int] = []
+    if isinstance(transition, Finish):
+        kind, status = "finish", transition.status
+        output, error = transition.output, transition.error
+    elif isinstance(transition, Retry):
+        kind, status, error = "retry", transition.status, transition.error
+        due, restart = transition.due_at, transition.restart
+        tail_function, tail_input = transition.function, transition.input
+    else:
+        snapshot, min_results = transition.snapshot, transition.min_results
+        max_results, wait_until = transition.max_results, transition.wait_until
+        children, cancel = transition.children, list(transition.cancel)
+    return (
+        call.id,
+        completion.owner,
+        call.run,
+        call.attempt,
+        call.parent_id,
+        completion.now,
+        kind,
+        status,
+        output,
+        error,
+        due,
+        restart,
+        tail_function,
+        tail_input,
+        snapshot,
+        min_results,
+        max_results,
+        wait_until,
+        cancel,
+        completion.status,
+        completion.duration,
+        completion.error_type,
+        completion.error_message,
+        completion.snapshot_size,
+        [result.seq for result in call.results],
+        *_columns(children),
+        *_columns(completion.dispatched),
+    )
+
+
+def _claimed(row: Sequence[Any]) -> Claimed:
+    seqs = row[11] or ()
+    results = tuple(
+        Result(*result)
+        for result in zip(
+            seqs,
+            row[12] or (),
+            row[13] or (),
+            row[14] or (),
+            row[15] or (),
+            row[16] or (),
+            strict=True,
+        )
+    )
+    return Claimed(
+        id=row[0],
+        root_id=row[1],
+        parent_id=row[2],
+        function=row[3],
+        endpoint=row[4],
+        input=row[5],
+        snapshot=row[6],
+        attempt=row[7],
+        run=row[8],
+        created_at=row[9],
+        expires_at=row[10],
+        results=results,
+    )
