@@ -30,7 +30,13 @@ from rich.text import Text
 from . import _local, _signature
 from ._run import Server
 from ._status import Status
-from .orchestrator import DatabaseLocked, Orchestrator, RetryPolicy, open_storage
+from .orchestrator import (
+    DatabaseLocked,
+    DatabaseUnavailable,
+    Orchestrator,
+    RetryPolicy,
+    open_storage,
+)
 from .orchestrator._storage import CANCELLED, DONE, RUNNING, WAITING, CallSummary
 
 logger = logging.getLogger("dispatch")
@@ -83,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(asyncio.run(_run(command, args.db, table=not args.no_table)))
         policy = RetryPolicy(max_attempts=args.max_attempts, attempt_timeout=args.attempt_timeout)
         sys.exit(asyncio.run(_server(args.db, args.host, args.port, policy, args.lease)))
-    except DatabaseLocked as error:
+    except (DatabaseLocked, DatabaseUnavailable) as error:
         parser.exit(1, f"dispatch: {error}\n")
 
 
@@ -172,8 +178,10 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
     logging.getLogger("dispatch").addHandler(handler)
     logging.getLogger("dispatch").setLevel(logging.INFO)
     keys = _local.keys()
+    storage = open_storage(_database(db))
+    await storage.migrate()  # an unusable database is a clear error, before anything runs
     orchestrator = Orchestrator(
-        open_storage(_database(db)),
+        storage,
         signing_key=_signature.load_private_key(keys.signing_key),
         api_key=keys.api_key,
     )
@@ -286,12 +294,10 @@ async def _server(db: str | None, host: str, port: int, policy: RetryPolicy, lea
     api_key = os.environ.get("DISPATCH_API_KEY") or keys.api_key
     signing = os.environ.get("DISPATCH_SIGNING_KEY") or keys.signing_key
     private = _signature.load_private_key(signing)
+    storage = open_storage(_database(db))
+    await storage.migrate()  # an unusable database is a clear error, before serving
     orchestrator = Orchestrator(
-        open_storage(_database(db)),
-        signing_key=private,
-        api_key=api_key,
-        policy=policy,
-        lease=lease,
+        storage, signing_key=private, api_key=api_key, policy=policy, lease=lease
     )
     server = Server(_config(orchestrator, host, port))
     public = _signature.public_key_text(private)

@@ -20,7 +20,7 @@ from ._engine import Engine, RetryPolicy
 from ._invoker import ASGIInvoker, DirectInvoker, HTTPInvoker, Invoker, TransportError
 from ._limiter import Limiter
 from ._sqlite import DatabaseLocked, SQLiteStorage
-from ._storage import CallConflict, CallRecord, NewCall, Storage
+from ._storage import CallConflict, CallRecord, DatabaseUnavailable, NewCall, Storage
 
 logger = logging.getLogger("dispatch.orchestrator")
 
@@ -29,6 +29,7 @@ __all__ = [
     "CallConflict",
     "CallRecord",
     "DatabaseLocked",
+    "DatabaseUnavailable",
     "DirectInvoker",
     "Engine",
     "HTTPInvoker",
@@ -52,7 +53,7 @@ def open_storage(url: str) -> Storage:
         try:
             from ._postgres import PostgresStorage
         except ImportError as error:
-            raise RuntimeError(
+            raise DatabaseUnavailable(
                 f"PostgreSQL storage needs psycopg 3 ({error}): pip install 'dispatch[postgres]'"
             ) from None
         return PostgresStorage(url)

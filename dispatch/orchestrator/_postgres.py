@@ -52,6 +52,7 @@ from ._storage import (
     CallSummary,
     Claimed,
     Completion,
+    DatabaseUnavailable,
     Finish,
     NewCall,
     Result,
@@ -507,6 +508,13 @@ class PostgresStorage:
     async def _open(self) -> AsyncConnectionPool[Conn]:
         async with self._opening:
             if self._pool is None:
+                # A clear error now rather than a pool timing out later. (The
+                # URL may hold a password: the message names host and database.)
+                try:
+                    probe = await psycopg.AsyncConnection.connect(self.url, connect_timeout=10)
+                except psycopg.OperationalError as error:
+                    raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {error}") from None
+                await probe.close()
                 # Autocommit: a statement is its own transaction, as the
                 # functions above need; several statements take transaction().
                 pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(

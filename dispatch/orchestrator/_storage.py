@@ -186,6 +186,10 @@ class CallRecord:
     children: tuple[str, ...] = field(default=())
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be used: its driver is not installed, or it cannot be reached."""
+
+
 class CallConflict(ValueError):
     """A dispatch id given for a new call names an existing call of another
     function or endpoint."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pytest
-
 from postgres_server import postgres_schema
 
 from dispatch.orchestrator import SQLiteStorage, Storage
@@ -90,6 +90,6 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InLoop[S
     kind: str = request.param
     if kind == "postgres":  # a schema of its own, dropped after the test
         for url in postgres_schema():
-            yield InLoop(lambda: open_backend(kind, url))
+            yield InLoop(functools.partial(open_backend, kind, url))
     else:
         yield InLoop(lambda: open_backend(kind, str(tmp_path)))

@@ -1,0 +1,245 @@
+"""What only a database shared by several orchestrator processes must do.
+
+The conformance suite (``test_storage.py``) runs against PostgreSQL as
+against SQLite; these tests add what SQLite, one process's alone, never
+faces: processes migrating at once, claiming from one queue at once,
+taking over the calls of a process whose lease expired, waking each other
+with notifications. Processes are real where that is the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from postgres_server import postgres_database, postgres_schema
+
+from dispatch import Status
+from dispatch.orchestrator import DatabaseUnavailable, open_storage
+from dispatch.orchestrator._postgres import PostgresStorage
+from dispatch.orchestrator._storage import Completion, Finish, NewCall, Suspend
+
+pytestmark = pytest.mark.timeout(120)
+
+EP = "http://a.test/dispatch"
+OK = Status.OK.value
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    yield from postgres_schema()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    yield from postgres_database("dispatch_migrate")
+
+
+def new(call_id: str, parent: str | None = None, cid: int = 0) -> NewCall:
+    return NewCall(
+        id=call_id,
+        function="f",
+        endpoint=EP,
+        input=b"",
+        root_id=parent or call_id,
+        parent_id=parent,
+        correlation_id=cid,
+    )
+
+
+def python(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_migrations_are_safe_when_processes_start_at_once(database: str) -> None:
+    script = """
+        import asyncio, sys
+        from dispatch.orchestrator._postgres import PostgresStorage
+
+        async def main():
+            storage = PostgresStorage(sys.argv[1])
+            await storage.migrate()
+            await storage.close()
+
+        asyncio.run(main())
+    """
+    processes = [python(script, database) for _ in range(4)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+    with psycopg.connect(database) as connection:
+        versions = connection.execute("SELECT version FROM schema_version").fetchall()
+        tables = connection.execute(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('calls', 'results', 'attempts')"
+        ).fetchone()
+    assert versions == [(1,)]
+    assert tables == (3,)
+
+
+async def test_processes_claiming_at_once_never_claim_a_call_twice(url: str) -> None:
+    storage = PostgresStorage(url)
+    await storage.migrate()
+    await storage.create([new(f"c{i}") for i in range(600)], time.time())
+    # Each process claims and completes until nothing is left, printing what it claimed.
+    script = """
+        import asyncio, json, sys, time
+        from dispatch.orchestrator._postgres import PostgresStorage
+        from dispatch.orchestrator._storage import Completion, Finish
+
+        async def main():
+            storage = PostgresStorage(sys.argv[1])
+            owner, claimed, lost = sys.argv[2], [], 0
+            while True:
+                calls = await storage.claim(owner, None, 7, time.time(), 60.0)
+                if not calls and (await storage.counts())["pending"] == 0:
+                    break
+                for call in calls:
+                    claimed.append(call.id)
+                    completion = Completion(call, owner, Finish(0), time.time(), 0.0, 0)
+                    lost += not await storage.complete(completion)
+            await storage.close()
+            print(json.dumps({"claimed": claimed, "lost": lost}))
+
+        asyncio.run(main())
+    """
+    processes = [python(script, url, f"owner-{n}") for n in range(3)]
+    reports = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=90)
+        assert process.returncode == 0, stderr
+        reports.append(json.loads(stdout))
+    claimed = [call_id for report in reports for call_id in report["claimed"]]
+    assert sorted(claimed) == sorted(f"c{i}" for i in range(600))  # each exactly once
+    assert all(report["claimed"] for report in reports)  # all three took part
+    assert sum(report["lost"] for report in reports) == 0
+    assert (await storage.counts())["done"] == 600
+    await storage.close()
+
+
+async def test_a_lease_that_expires_passes_the_call_to_another_process(url: str) -> None:
+    first, second = PostgresStorage(url), PostgresStorage(url)
+    await first.migrate()
+    now = time.time()
+    await first.create([new("a")], now)
+    (call,) = await first.claim("first", EP, 10, now, 1.0)
+    # The first process stops renewing (it died, or hangs): the second takes over.
+    assert await second.claim("second", EP, 10, now + 0.5, 1.0) == []
+    assert await second.recover(now + 0.5) == 0
+    assert await second.recover(now + 2.0) == 1
+    (again,) = await second.claim("second", EP, 10, now + 2.0, 30.0)
+    assert (again.id, again.run) == ("a", 2)
+    # The first process's late answer changes nothing; the second's is the result.
+    late = Completion(call, "first", Finish(OK, output=b"late"), now + 3, 3.0, OK)
+    assert not await first.complete(late)
+    assert await second.complete(
+        Completion(again, "second", Finish(OK, b"on time"), now + 4, 1, OK)
+    )
+    record = await first.get("a")
+    assert record is not None
+    assert (record.output, [attempt.error_type for attempt in record.attempts]) == (
+        b"on time",
+        ["dispatch.Interrupted", None],
+    )
+    await first.close()
+    await second.close()
+
+
+async def test_renewed_leases_are_kept(url: str) -> None:
+    first, second = PostgresStorage(url), PostgresStorage(url)
+    await first.migrate()
+    now = time.time()
+    await first.create([new("a"), new("b")], now)
+    await first.claim("first", EP, 10, now, 1.0)
+    await first.renew("first", ["a"], now + 60.0)
+    assert await second.recover(now + 2.0) == 1  # b only
+    record = await second.get("a")
+    assert record is not None and record.state == "running"
+    await first.close()
+    await second.close()
+
+
+async def wakes(storage: PostgresStorage) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    woken = asyncio.Event()
+    task = asyncio.ensure_future(storage.watch(woken.set))
+    await asyncio.wait_for(woken.wait(), 10)  # it wakes once listening
+    woken.clear()
+    return woken, task
+
+
+async def test_new_work_wakes_a_watching_process(url: str) -> None:
+    watcher, other = PostgresStorage(url), PostgresStorage(url)
+    await other.migrate()
+    woken, task = await wakes(watcher)
+    now = time.time()
+    # New calls from the API of another process.
+    await other.create([new("p")], now)
+    await asyncio.wait_for(woken.wait(), 5)
+    woken.clear()
+    # Children of a suspension, made by another process.
+    (parent,) = await other.claim("other", EP, 1, now, 60.0)
+    suspend = Suspend(
+        b"s", min_results=1, max_results=1, wait_until=now + 600, children=(new("p.1", "p", 1),)
+    )
+    assert await other.complete(Completion(parent, "other", suspend, now, 0.0, OK))
+    await asyncio.wait_for(woken.wait(), 5)
+    woken.clear()
+    # A result that makes the parent due again.
+    (child,) = await other.claim("other", EP, 1, now, 60.0)
+    assert await other.complete(Completion(child, "other", Finish(OK, b"x"), now, 0.0, OK))
+    await asyncio.wait_for(woken.wait(), 5)
+    task.cancel()
+    await watcher.close()
+    await other.close()
+
+
+async def test_watch_fails_when_its_connection_is_lost_and_can_start_again(url: str) -> None:
+    watcher, other = PostgresStorage(url), PostgresStorage(url)
+    await other.migrate()
+    woken, task = await wakes(watcher)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE query LIKE 'LISTEN dispatch_work%%' AND pid <> pg_backend_pid()"
+        )
+    # It raises (the engine logs it and watches again a second later) rather than hang.
+    with pytest.raises(psycopg.OperationalError):
+        await asyncio.wait_for(task, 10)
+    woken, task = await wakes(watcher)
+    await other.create([new("a")], time.time())
+    await asyncio.wait_for(woken.wait(), 5)
+    task.cancel()
+    await watcher.close()
+    await other.close()
+
+
+async def test_an_unreachable_database_is_a_clear_error() -> None:
+    storage = open_storage("postgresql://postgres@127.0.0.1:1/nowhere")
+    with pytest.raises(DatabaseUnavailable, match="cannot connect to PostgreSQL"):
+        await storage.migrate()
+
+
+def test_without_the_driver_the_error_says_what_to_install(tmp_path: Path) -> None:
+    script = """
+        import sys
+        sys.modules["psycopg"] = None  # as if not installed
+        from dispatch._cli import main
+        main(["server", "--db", "postgresql://localhost/dispatch"])
+    """
+    process = python(script)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "pip install 'dispatch[postgres]'" in stderr
+    assert "Traceback" not in stderr
