@@ -1,6 +1,6 @@
 """End to end: calls dispatched, run on the endpoint and recorded done, on the embedded default.
 
-    python benchmarks/end_to_end.py [--quick] [--mode embedded|http]
+    python benchmarks/end_to_end.py [--quick] [--mode embedded|http|postgres]
 
 Shapes (issue #4): 500 one-step calls dispatched one by one, and in one
 batch; one durable coroutine gathering 100 calls; one durable coroutine
@@ -15,19 +15,33 @@ orchestrator and the application are that one process.
 orchestrator in another process, calling the endpoint over HTTP with signed
 requests (the peak memory is then the larger of the two processes).
 
+``--mode postgres`` scales out (issue #5): 1, 2 and 3 ``dispatch server``
+processes on one fresh PostgreSQL database (``--postgres URL`` names the
+server, default the local one), the application in its own process sending
+its calls to the first; the orchestrators share the work through the
+database. Besides wall time it reports the CPU the whole machine spent per
+call (orchestrators, application and PostgreSQL: this machine has 2 cores,
+so three orchestrators cannot run three times as fast).
+
 Prints a table and writes benchmarks/results/end_to_end-<mode>-<python>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,78 +51,189 @@ SHAPES = ("one_by_one", "batch", "gather", "sequential")
 TARGET_SECONDS = {"one_by_one": 0.25, "batch": 0.25, "gather": 0.040, "sequential": 0.050}
 BASELINE_SECONDS = {"one_by_one": 1.99, "batch": 1.99, "gather": 0.072, "sequential": 0.110}
 TARGET_PEAK_MB = 100.0
+# Issue #5: DBOS 3.4 on PostgreSQL, same shapes, this machine; the target is 5x faster.
+DBOS_SECONDS = {"one_by_one": 3.18, "batch": 1.05, "gather": 0.141}
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def run_once(shape: str, mode: str) -> dict[str, Any]:
+def run_once(shape: str, mode: str, orchestrators: int = 1, postgres: str = POSTGRES) -> Any:
     with tempfile.TemporaryDirectory(prefix="dispatch-e2e-") as directory:
+        if mode == "postgres":
+            with (
+                _database(postgres) as database,
+                _servers(directory, database, orchestrators) as env,
+            ):
+                return _run_app(shape, mode, directory, {**env, "E2E_DATABASE": database})
         database = str(Path(directory) / "dispatch.db")
         env = {**os.environ, "DISPATCH_DIR": directory, "E2E_DATABASE": database}
         env.pop("DISPATCH_API_URL", None)
-        app = [sys.executable, str(HERE / "e2e_app.py"), shape]
+        prefix = []
         if mode == "http":
-            command = [sys.executable, "-m", "dispatch", "run", "--no-table", "--db", database]
-            command += ["--", *app]
-        else:
-            command = app
-        # Output to files, not pipes: a full pipe would stall the process measured.
-        with (
-            open(Path(directory) / "out", "w+b") as out,
-            open(Path(directory) / "err", "w+b") as err,
-        ):
-            process = subprocess.Popen(command, env=env, cwd=directory, stdout=out, stderr=err)
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            err.seek(0)
-            stdout = out.read().decode(errors="replace")
-            stderr = err.read().decode(errors="replace")
-        if process.returncode != 0:
-            raise SystemExit(f"{shape} ({mode}) failed with {process.returncode}:\n{stderr}")
-        for line in stdout.splitlines():
-            # Under dispatch run each line of the application carries a prefix.
-            start = line.find("{")
-            if start >= 0 and '"shape"' in line:
-                result: dict[str, Any] = json.loads(line[start:])
-                # The largest of the processes waited for (Linux: kilobytes).
-                result["peak_rss"] = max(result["peak_rss"], usage.ru_maxrss * 1024)
-                return result
-        raise SystemExit(f"{shape} ({mode}) printed no result:\n{stdout}\n{stderr}")
+            prefix = [sys.executable, "-m", "dispatch", "run", "--no-table", "--db", database, "--"]
+        return _run_app(shape, mode, directory, env, prefix)
 
 
-def measure(shape: str, mode: str, repeats: int) -> dict[str, Any]:
-    runs = [run_once(shape, mode) for _ in range(repeats)]
+def _run_app(
+    shape: str, mode: str, directory: str, env: dict[str, str], prefix: list[str] | None = None
+) -> dict[str, Any]:
+    command = [*(prefix or []), sys.executable, str(HERE / "e2e_app.py"), shape]
+    # Output to files, not pipes: a full pipe would stall the process measured.
+    with (
+        open(Path(directory) / "out", "w+b") as out,
+        open(Path(directory) / "err", "w+b") as err,
+    ):
+        process = subprocess.Popen(command, env=env, cwd=directory, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise SystemExit(f"{shape} ({mode}) failed with {process.returncode}:\n{stderr}")
+    for line in stdout.splitlines():
+        # Under dispatch run each line of the application carries a prefix.
+        start = line.find("{")
+        if start >= 0 and '"shape"' in line:
+            result: dict[str, Any] = json.loads(line[start:])
+            # The largest of the processes waited for (Linux: kilobytes).
+            result["peak_rss"] = max(result["peak_rss"], usage.ru_maxrss * 1024)
+            return result
+    raise SystemExit(f"{shape} ({mode}) printed no result:\n{stdout}\n{stderr}")
+
+
+@contextlib.contextmanager
+def _database(server: str) -> Iterator[str]:
+    """A fresh database on the PostgreSQL ``server``, dropped afterwards: its URL."""
+    import psycopg
+
+    name = f"dispatch_e2e_{os.getpid()}_{time.time_ns() % 10**9}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def _servers(directory: str, database: str, count: int) -> Iterator[dict[str, str]]:
+    """``count`` ``dispatch server`` processes on ``database``, sharing their keys
+    (one DISPATCH_DIR); the environment of an application that uses them."""
+    from dispatch import _local
+
+    keys = _local.keys(Path(directory) / "keys.json")
+    env = {**os.environ, "DISPATCH_DIR": directory, "DISPATCH_API_KEY": keys.api_key}
+    ports = [_free_port() for _ in range(count)]
+    processes = []
+    try:
+        for index, port in enumerate(ports):
+            log = open(Path(directory) / f"server-{index}.log", "wb")  # noqa: SIM115
+            command = [sys.executable, "-m", "dispatch", "server", "--db", database]
+            command += ["--port", str(port)]
+            with log:
+                processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
+        for process, port in zip(processes, ports, strict=True):
+            _wait_healthy(process, f"http://127.0.0.1:{port}/v1/health", directory)
+        app = _free_port()
+        yield {
+            **env,
+            "DISPATCH_API_URL": f"http://127.0.0.1:{ports[0]}",
+            "DISPATCH_ENDPOINT_ADDR": f"127.0.0.1:{app}",
+            "DISPATCH_ENDPOINT_URL": f"http://127.0.0.1:{app}/dispatch",
+            "DISPATCH_VERIFICATION_KEY": keys.verification_key,
+            "DISPATCH_SEAL_KEY": keys.seal_key_text(),
+        }
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], url: str, directory: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            logs = "\n".join(p.read_text() for p in Path(directory).glob("server-*.log"))
+            raise SystemExit(f"dispatch server did not start:\n{logs}")
+        time.sleep(0.02)
+
+
+def measure(shape: str, mode: str, repeats: int, orchestrators: int = 1) -> dict[str, Any]:
+    runs = [run_once(shape, mode, orchestrators) for _ in range(repeats)]
     return {
         "shape": shape,
+        "orchestrators": orchestrators,
         "calls": runs[0]["calls"],
         "seconds": statistics.median(run["seconds"] for run in runs),
         "runs": [run["seconds"] for run in runs],
+        "cpu_ms_per_call": statistics.median(1000 * run["cpu"] / run["calls"] for run in runs),
         "peak_mb": max(run["peak_rss"] for run in runs) / 2**20,
         "target_seconds": TARGET_SECONDS[shape],
         "dispatch_py_0_8_seconds": BASELINE_SECONDS[shape],
+        "dbos_3_4_seconds": DBOS_SECONDS.get(shape),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per shape (a smoke run)")
-    parser.add_argument("--mode", choices=("embedded", "http"), default="embedded")
+    parser.add_argument("--mode", choices=("embedded", "http", "postgres"), default="embedded")
+    parser.add_argument(
+        "--orchestrators",
+        default="1,2,3",
+        help="postgres mode: the numbers of orchestrator processes to measure (default: 1,2,3)",
+    )
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
-    rows = [measure(shape, args.mode, repeats) for shape in SHAPES]
+    counts = [int(n) for n in args.orchestrators.split(",")] if args.mode == "postgres" else [1]
+    rows = [measure(shape, args.mode, repeats, n) for n in counts for shape in SHAPES]
     print(f"end to end, {args.mode}, Python {platform.python_version()}, median of {repeats}")
+    postgres = args.mode == "postgres"
     header = (
-        f"{'shape':<11} {'calls':>5} {'seconds':>8} {'target':>7} {'0.8':>6} "
-        f"{'calls/s':>8} {'peak MB':>8}"
+        f"{'shape':<11} {'orch':>4} {'calls':>5} {'seconds':>8} "
+        + (f"{'DBOS':>6} {'x DBOS':>6} " if postgres else f"{'target':>7} {'0.8':>6} ")
+        + f"{'calls/s':>8} {'CPU ms/call':>11} {'peak MB':>8}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
+        if postgres:
+            dbos = row["dbos_3_4_seconds"]
+            versus = (
+                f"{dbos or 0:>6.3f} {dbos / row['seconds']:>6.1f} "
+                if dbos
+                else f"{'-':>6} {'-':>6} "
+            )
+        else:
+            versus = f"{row['target_seconds']:>7.3f} {row['dispatch_py_0_8_seconds']:>6.3f} "
         print(
-            f"{row['shape']:<11} {row['calls']:>5} {row['seconds']:>8.3f} "
-            f"{row['target_seconds']:>7.3f} {row['dispatch_py_0_8_seconds']:>6.3f} "
-            f"{row['calls'] / row['seconds']:>8.0f} {row['peak_mb']:>8.1f}"
+            f"{row['shape']:<11} {row['orchestrators']:>4} {row['calls']:>5} "
+            f"{row['seconds']:>8.3f} {versus}{row['calls'] / row['seconds']:>8.0f} "
+            f"{row['cpu_ms_per_call']:>11.2f} {row['peak_mb']:>8.1f}"
         )
-    print(f"peak memory target (orchestrator + application): {TARGET_PEAK_MB:.0f} MB")
+    if postgres:
+        print("target: 5x DBOS with one orchestrator; no loss of throughput with a second")
+    else:
+        print(f"peak memory target (orchestrator + application): {TARGET_PEAK_MB:.0f} MB")
     version = "{}.{}".format(*sys.version_info[:2])
     out = HERE / "results" / f"end_to_end-{args.mode}-{version}.json"
     out.parent.mkdir(exist_ok=True)
