@@ -489,6 +489,15 @@ _COMPLETE_AND_CLAIM = (
     f"%s, %s, false) AS claimed ON true"
 )
 
+FLUSHERS = 4
+"""Batches of completions applied at once, each on a connection of the pool."""
+BATCH = 64
+"""Completions at most in one batch."""
+
+# A completion waiting to be applied: with its claim's limit and lease, when
+# it was asked for, and the future its answer goes to.
+_Waiting = tuple[Completion, int, float, float, "asyncio.Future[tuple[bool, list[Claimed]]]"]
+
 _RETRIED = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -504,6 +513,8 @@ class PostgresStorage:
         self._opening = asyncio.Lock()
         self._leases: Conn | None = None  # see _keep_leases
         self._leasing = asyncio.Lock()
+        self._completions: list[_Waiting] = []  # see _flush
+        self._flushers: set[asyncio.Future[None]] = set()
 
     async def _open(self) -> AsyncConnectionPool[Conn]:
         async with self._opening:
@@ -622,13 +633,59 @@ class PostgresStorage:
     async def complete_and_claim(
         self, completion: Completion, limit: int, lease: float
     ) -> tuple[bool, list[Claimed]]:
-        arguments = _completion(completion)
-        owner, endpoint, now = completion.owner, completion.call.endpoint, completion.now
-        rows = await self._claiming(
-            _COMPLETE_AND_CLAIM,
-            lambda wait: (*arguments, owner, endpoint, limit, now, lease + wait),
-        )
-        return rows[0][0], [_claimed(row[1:]) for row in rows if row[1] is not None]
+        # Completions that arrive together are applied together (see _flush).
+        future: asyncio.Future[tuple[bool, list[Claimed]]] = asyncio.Future()
+        self._completions.append((completion, limit, lease, time.monotonic(), future))
+        if len(self._flushers) < FLUSHERS:
+            flusher = asyncio.ensure_future(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        """Apply waiting completions, up to ``BATCH`` at a time in one
+        transaction and one round trip, until none is left. Up to
+        ``FLUSHERS`` run at once: alone, a completion is applied at once;
+        in a burst (a fan-out's children finishing together), the ones that
+        wait are then applied together, and siblings take their parent's row
+        lock, and the commit's flush to disk, once per batch, not each."""
+        while self._completions:
+            batch = self._completions[:BATCH]
+            del self._completions[:BATCH]
+            try:
+                outcomes = await self._complete_batch(batch)
+            except Exception as error:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+            else:
+                for (*_, future), outcome in zip(batch, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+
+    async def _complete_batch(self, batch: list[_Waiting]) -> list[tuple[bool, list[Claimed]]]:
+        async def work(db: Conn) -> list[tuple[bool, list[Claimed]]]:
+            cursors = []
+            async with db.pipeline():
+                for completion, limit, lease, asked, _ in batch:
+                    call = completion.call
+                    # A lease counts from when the claim happens (see _claiming).
+                    claim = (completion.owner, call.endpoint, limit, completion.now)
+                    cursor = db.cursor()
+                    await cursor.execute(
+                        _COMPLETE_AND_CLAIM,
+                        (*_completion(completion), *claim, lease + time.monotonic() - asked),
+                    )
+                    cursors.append(cursor)
+            outcomes = []
+            for cursor in cursors:
+                rows = await cursor.fetchall()
+                claimed = [_claimed(row[1:]) for row in rows if row[1] is not None]
+                outcomes.append((bool(rows[0][0]), claimed))
+            return outcomes
+
+        # One transaction: all of the batch or none (a deadlock runs it again).
+        return await self._run(work, transaction=len(batch) > 1)
 
     async def _claiming(
         self, sql: str, parameters: Callable[[float], Sequence[Any]]
