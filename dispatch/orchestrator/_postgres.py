@@ -29,6 +29,7 @@ points (``?options=-csearch_path%3Dname`` in the URL for another schema).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -664,9 +665,12 @@ class PostgresStorage:
                         future.set_result(outcome)
 
     async def _complete_batch(self, batch: list[_Waiting]) -> list[tuple[bool, list[Claimed]]]:
+        several = len(batch) > 1
+
         async def work(db: Conn) -> list[tuple[bool, list[Claimed]]]:
             cursors = []
-            async with db.pipeline():
+            # Several statements go in one round trip; one goes as it is.
+            async with db.pipeline() if several else contextlib.nullcontext():
                 for completion, limit, lease, asked, _ in batch:
                     call = completion.call
                     # A lease counts from when the claim happens (see _claiming).
@@ -685,7 +689,7 @@ class PostgresStorage:
             return outcomes
 
         # One transaction: all of the batch or none (a deadlock runs it again).
-        return await self._run(work, transaction=len(batch) > 1)
+        return await self._run(work, transaction=several)
 
     async def _claiming(
         self, sql: str, parameters: Callable[[float], Sequence[Any]]

@@ -25,7 +25,7 @@ from postgres_server import postgres_database, postgres_schema
 from dispatch import Status
 from dispatch.orchestrator import DatabaseUnavailable, open_storage
 from dispatch.orchestrator._postgres import PostgresStorage
-from dispatch.orchestrator._storage import Completion, Finish, NewCall, Suspend
+from dispatch.orchestrator._storage import Claimed, Completion, Finish, NewCall, Suspend
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -243,3 +243,33 @@ def test_without_the_driver_the_error_says_what_to_install(tmp_path: Path) -> No
     assert process.returncode == 1
     assert "pip install 'dispatch[postgres]'" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_children_finishing_together_all_reach_their_parent(url: str) -> None:
+    """Completions arriving at once are applied in batches (one transaction
+    each): every result is recorded once and the parent is woken once, with all."""
+    storage = PostgresStorage(url)
+    await storage.migrate()
+    now = time.time()
+    await storage.create([new("p")], now)
+    (parent,) = await storage.claim("o", EP, 1, now, 60.0)
+    children = tuple(new(f"p.{cid}", "p", cid) for cid in range(1, 201))
+    suspend = Suspend(
+        b"s", min_results=200, max_results=200, wait_until=now + 600, children=children
+    )
+    assert await storage.complete(Completion(parent, "o", suspend, now, 0.0, OK))
+    claimed = await storage.claim("o", EP, 500, now, 60.0)
+    assert len(claimed) == 200
+
+    async def finish(call: Claimed) -> tuple[bool, list[Claimed]]:
+        done = Completion(call, "o", Finish(OK, output=call.id.encode()), now, 0.0, OK)
+        return await storage.complete_and_claim(done, 1, 60.0)
+
+    outcomes = await asyncio.gather(*[finish(call) for call in claimed])
+    assert all(completed for completed, _ in outcomes)
+    resumed = [call for _, calls in outcomes for call in calls]
+    assert [call.id for call in resumed] == ["p"]  # woken once, claimed once
+    assert sorted(result.output for result in resumed[0].results) == sorted(
+        f"p.{cid}".encode() for cid in range(1, 201)
+    )
+    await storage.close()
