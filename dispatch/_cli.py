@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -80,7 +81,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="seconds a call stays claimed by a server that stopped renewing it (dead), "
         "before another server sharing the database runs it again (default: 30)",
     )
+    commands.add_parser(
+        "env",
+        help="print, for a shell, the variables an application needs to use the "
+        "orchestrators that share this directory's keys (.dispatch/keys.json)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "env":
+        keys = _local.keys()
+        print(f"export DISPATCH_API_KEY={shlex.quote(keys.api_key)}")
+        print(f"export DISPATCH_VERIFICATION_KEY={shlex.quote(keys.verification_key)}")
+        print(f"export DISPATCH_SEAL_KEY={shlex.quote(keys.seal_key_text())}")
+        return
     try:
         if args.command == "run":
             command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd

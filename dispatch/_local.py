@@ -61,11 +61,18 @@ def keys(path: Path | None = None) -> LocalKeys:
         "verification_key": made.verification_key,
         "api_key": made.api_key,
     }
-    # Written to a private temporary file, then renamed: never readable by
-    # others, never half-written.
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        json.dump(document, file)
-    os.replace(temporary, path)
+    # Written to a private temporary file, then linked into place: never
+    # readable by others, never half-written, and when processes starting
+    # together (two orchestrators on one machine) race, the first one's keys
+    # are everyone's.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(document, file)
+        os.link(temporary, path)
+    except FileExistsError:
+        return keys(path)
+    finally:
+        os.unlink(temporary)
     return made

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from test_examples import DISPATCH, PATIENCE, Process, newcomer_environment
 
 import dispatch
-from dispatch import _wire
+from dispatch import _local, _wire
 
 APP = "app | "
 NO_CALLS = _wire.DispatchRequest(calls=()).to_msgpack()
@@ -345,3 +345,39 @@ def test_a_second_server_on_the_same_database_is_refused(tmp_path: Path) -> None
 def test_a_second_server_says_so_without_a_traceback(tmp_path: Path) -> None:
     _, second = second_server(tmp_path)
     assert "Traceback" not in second.transcript(), second.transcript()
+
+
+def test_env_prints_what_an_application_needs_for_a_shell(tmp_path: Path) -> None:
+    script = (
+        f"eval \"$('{sys.executable}' -m dispatch env)\" && "
+        'echo "$DISPATCH_API_KEY $DISPATCH_VERIFICATION_KEY $DISPATCH_SEAL_KEY"'
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=newcomer_environment(),
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    )
+    assert result.returncode == 0, result.stderr
+    keys = _local.keys(tmp_path / ".dispatch" / "keys.json")  # the ones it made
+    assert result.stdout.split() == [keys.api_key, keys.verification_key, keys.seal_key_text()]
+
+
+def test_processes_starting_together_share_one_set_of_keys(tmp_path: Path) -> None:
+    """Two orchestrators started at once in one directory must sign with the same key."""
+    code = "from dispatch import _local; print(_local.keys().signing_key)"
+    processes = [
+        subprocess.Popen(
+            python(code),
+            cwd=tmp_path,
+            env=newcomer_environment(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    keys = {process.communicate(timeout=30)[0] for process in processes}
+    assert len(keys) == 1
+    assert [path.name for path in (tmp_path / ".dispatch").iterdir()] == ["keys.json"]
