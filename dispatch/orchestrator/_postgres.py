@@ -39,15 +39,10 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool
 
-from .. import _wire
 from .._status import Status
 from ._storage import (
     CANCELLED,
-    DONE,
-    PENDING,
-    RUNNING,
-    WAITING,
-    AttemptRecord,
+    CANCELLED_ERROR,
     CallConflict,
     CallRecord,
     CallSummary,
@@ -58,6 +53,10 @@ from ._storage import (
     NewCall,
     Result,
     Retry,
+    claimed,
+    read_call,
+    read_counts,
+    read_recent,
 )
 
 logger = logging.getLogger("dispatch.orchestrator")
@@ -439,35 +438,8 @@ MIGRATIONS = [
     """
     + _FUNCTIONS.replace("{cancelled}", str(CANCELLED))
     .replace("{permanent_error}", str(Status.PERMANENT_ERROR.value))
-    .replace(
-        "{cancelled_error}",
-        "'\\x"
-        + _wire.Error(
-            status=Status.PERMANENT_ERROR.value,
-            type="dispatch.Cancelled",
-            message="the call was cancelled",
-        )
-        .to_msgpack()
-        .hex()
-        + "'::bytea",
-    ),
+    .replace("{cancelled_error}", f"'\\x{CANCELLED_ERROR.hex()}'::bytea")
 ]
-
-_RECORD = (
-    "id",
-    "root_id",
-    "parent_id",
-    "function",
-    "endpoint",
-    "state",
-    "status",
-    "attempt",
-    "created_at",
-    "finished_at",
-    "input",
-    "output",
-    "error",
-)
 
 _COLUMNS = "ids, roots, parents, cids, functions, endpoints, inputs, expires"
 _ARRAYS = (
@@ -770,47 +742,13 @@ class PostgresStorage:
         return count
 
     async def get(self, call_id: str) -> CallRecord | None:
-        rows = await self._fetch(
-            f"SELECT {', '.join(_RECORD)} FROM calls WHERE id = %s", (call_id,)
-        )
-        if not rows:
-            return None
-        attempts = tuple(
-            AttemptRecord(*attempt)
-            for attempt in await self._fetch(
-                "SELECT number, attempt, started_at, finished_at, status, error_type, "
-                "error_message, snapshot_size FROM attempts WHERE call_id = %s ORDER BY number",
-                (call_id,),
-            )
-        )
-        children = tuple(
-            child[0]
-            for child in await self._fetch(
-                "SELECT id FROM calls WHERE parent_id = %s ORDER BY created_at, correlation_id",
-                (call_id,),
-            )
-        )
-        fields = dict(zip(_RECORD, rows[0], strict=True))
-        return CallRecord(**fields, attempts=attempts, children=children)
+        return await read_call(self._fetch, "%s", call_id)
 
     async def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys((PENDING, RUNNING, WAITING, DONE), 0)
-        for state, count in await self._fetch("SELECT state, COUNT(*) FROM calls GROUP BY state"):
-            counts[state] = count
-        return counts
+        return await read_counts(self._fetch)
 
     async def recent(self, limit: int) -> list[CallSummary]:
-        return [
-            CallSummary(*row)
-            for row in await self._fetch(
-                "SELECT c.id, c.root_id, c.parent_id, c.function, c.state, c.status, c.attempt, "
-                "c.created_at, c.finished_at FROM calls c JOIN "
-                "(SELECT id, created_at FROM calls WHERE parent_id IS NULL "
-                "ORDER BY created_at DESC LIMIT %s) roots ON c.root_id = roots.id "
-                "ORDER BY roots.created_at DESC, c.created_at LIMIT %s",
-                (limit, limit),
-            )
-        ]
+        return await read_recent(self._fetch, "%s", limit)
 
 
 def _columns(calls: Sequence[NewCall]) -> list[list[Any]]:
@@ -878,6 +816,7 @@ def _completion(completion: Completion) -> tuple[Any, ...]:
 
 
 def _claimed(row: Sequence[Any]) -> Claimed:
+    """A claimed call from a row of ``dispatch_claim``, the results of a resume in arrays."""
     seqs = row[11] or ()
     results = tuple(
         Result(*result)
@@ -891,17 +830,4 @@ def _claimed(row: Sequence[Any]) -> Claimed:
             strict=True,
         )
     )
-    return Claimed(
-        id=row[0],
-        root_id=row[1],
-        parent_id=row[2],
-        function=row[3],
-        endpoint=row[4],
-        input=row[5],
-        snapshot=row[6],
-        attempt=row[7],
-        run=row[8],
-        created_at=row[9],
-        expires_at=row[10],
-        results=results,
-    )
+    return claimed(row, results)

@@ -17,15 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .. import _wire
 from .._status import Status
 from ._storage import (
     CANCELLED,
-    DONE,
-    PENDING,
-    RUNNING,
-    WAITING,
-    AttemptRecord,
+    CANCELLED_ERROR,
     CallConflict,
     CallRecord,
     CallSummary,
@@ -36,6 +31,10 @@ from ._storage import (
     Result,
     Retry,
     Suspend,
+    claimed,
+    read_call,
+    read_counts,
+    read_recent,
 )
 
 MIGRATIONS = [
@@ -147,23 +146,6 @@ MIGRATIONS = [
 _CLAIMED = (
     "id, root_id, parent_id, function, endpoint, input, snapshot, attempt, runs, created_at, "
     "expires_at, max_results"
-)
-
-
-_RECORD = (
-    "id",
-    "root_id",
-    "parent_id",
-    "function",
-    "endpoint",
-    "state",
-    "status",
-    "attempt",
-    "created_at",
-    "finished_at",
-    "input",
-    "output",
-    "error",
 )
 
 
@@ -346,45 +328,16 @@ class SQLiteStorage:
             return _cancel_trees(db, [call_id], now, notify_parents=True)
 
     async def get(self, call_id: str) -> CallRecord | None:
-        rows = self._query(f"SELECT {', '.join(_RECORD)} FROM calls WHERE id = ?", (call_id,))
-        if not rows:
-            return None
-        attempts = tuple(
-            AttemptRecord(*attempt)
-            for attempt in self._query(
-                "SELECT number, attempt, started_at, finished_at, status, error_type, "
-                "error_message, snapshot_size FROM attempts WHERE call_id = ? ORDER BY number",
-                (call_id,),
-            )
-        )
-        children = tuple(
-            child[0]
-            for child in self._query(
-                "SELECT id FROM calls WHERE parent_id = ? ORDER BY created_at, correlation_id",
-                (call_id,),
-            )
-        )
-        fields = dict(zip(_RECORD, rows[0], strict=True))
-        return CallRecord(**fields, attempts=attempts, children=children)
+        return await read_call(self._fetch, "?", call_id)
 
     async def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys((PENDING, RUNNING, WAITING, DONE), 0)
-        for state, count in self._query("SELECT state, COUNT(*) FROM calls GROUP BY state"):
-            counts[state] = count
-        return counts
+        return await read_counts(self._fetch)
 
     async def recent(self, limit: int) -> list[CallSummary]:
-        return [
-            CallSummary(*row)
-            for row in self._query(
-                "SELECT c.id, c.root_id, c.parent_id, c.function, c.state, c.status, c.attempt, "
-                "c.created_at, c.finished_at FROM calls c JOIN "
-                "(SELECT id, created_at FROM calls WHERE parent_id IS NULL "
-                "ORDER BY created_at DESC LIMIT ?) roots ON c.root_id = roots.id "
-                "ORDER BY roots.created_at DESC, c.created_at LIMIT ?",
-                (limit, limit),
-            )
-        ]
+        return await read_recent(self._fetch, "?", limit)
+
+    async def _fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._query(sql, parameters)
 
 
 def _claim(
@@ -403,7 +356,7 @@ def _claim(
         f"RETURNING {_CLAIMED}",
         (owner, now + lease, *params, limit),
     ).fetchall()
-    claimed = []
+    calls = []
     for row in rows:
         results: tuple[Result, ...] = ()
         if row[6] is not None:  # a resume: deliver what arrived
@@ -416,23 +369,8 @@ def _claim(
                     (row[0], row[11] or 1000),
                 )
             )
-        claimed.append(
-            Claimed(
-                id=row[0],
-                root_id=row[1],
-                parent_id=row[2],
-                function=row[3],
-                endpoint=row[4],
-                input=row[5],
-                snapshot=row[6],
-                attempt=row[7],
-                run=row[8],
-                created_at=row[9],
-                expires_at=row[10],
-                results=results,
-            )
-        )
-    return claimed
+        calls.append(claimed(row, results))
+    return calls
 
 
 def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
@@ -621,11 +559,6 @@ def _cancel_children(db: sqlite3.Connection, call_id: str, now: float) -> None:
     _cancel_trees(db, children, now, notify_parents=False)
 
 
-_CANCELLED_ERROR = _wire.Error(
-    status=Status.PERMANENT_ERROR.value, type="dispatch.Cancelled", message="the call was cancelled"
-)
-
-
 def _cancel_trees(
     db: sqlite3.Connection, roots: Sequence[str], now: float, *, notify_parents: bool
 ) -> int:
@@ -646,7 +579,7 @@ def _cancel_trees(
     ]
     if not ids:
         return 0
-    error = _CANCELLED_ERROR.to_msgpack()
+    error = CANCELLED_ERROR
     db.executemany(
         "UPDATE calls SET state = 'done', status = ?, error = ?, finished_at = ?, "
         "snapshot = NULL, lease_owner = NULL, outstanding = 0 WHERE id = ?",

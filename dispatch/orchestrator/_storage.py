@@ -20,9 +20,12 @@ the conformance suite every backend passes unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from .. import _wire
+from .._status import Status
 
 PENDING = "pending"
 RUNNING = "running"
@@ -31,6 +34,11 @@ DONE = "done"
 
 CANCELLED = -1
 """The ``status`` recorded for a cancelled call (not a wire status)."""
+
+CANCELLED_ERROR = _wire.Error(
+    status=Status.PERMANENT_ERROR.value, type="dispatch.Cancelled", message="the call was cancelled"
+).to_msgpack()
+"""The ``error`` recorded for a cancelled call, and delivered to its parent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,26 @@ class Claimed:
     expires_at: float | None
     results: tuple[Result, ...] = ()
     """For a resume: results to deliver (at most the poll's max_results)."""
+
+
+def claimed(row: Sequence[Any], results: tuple[Result, ...] = ()) -> Claimed:
+    """A :class:`Claimed` from a claim's row, whose columns begin with id,
+    root_id, parent_id, function, endpoint, input, snapshot, attempt, runs,
+    created_at and expires_at."""
+    return Claimed(
+        id=row[0],
+        root_id=row[1],
+        parent_id=row[2],
+        function=row[3],
+        endpoint=row[4],
+        input=row[5],
+        snapshot=row[6],
+        attempt=row[7],
+        run=row[8],
+        created_at=row[9],
+        expires_at=row[10],
+        results=results,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +290,66 @@ class Storage(Protocol):
 
     async def recent(self, limit: int) -> list[CallSummary]:
         """The trees of the most recent root calls: up to ``limit`` calls, newest roots first."""
+
+
+# Reading, the same for every SQL backend: given how to fetch the rows of a
+# query and the backend's parameter mark ("?" or "%s").
+Fetch = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
+
+_RECORD = (
+    "id",
+    "root_id",
+    "parent_id",
+    "function",
+    "endpoint",
+    "state",
+    "status",
+    "attempt",
+    "created_at",
+    "finished_at",
+    "input",
+    "output",
+    "error",
+)
+
+
+async def read_call(fetch: Fetch, mark: str, call_id: str) -> CallRecord | None:
+    """:meth:`Storage.get`."""
+    rows = await fetch(f"SELECT {', '.join(_RECORD)} FROM calls WHERE id = {mark}", (call_id,))
+    if not rows:
+        return None
+    attempts = await fetch(
+        "SELECT number, attempt, started_at, finished_at, status, error_type, error_message, "
+        f"snapshot_size FROM attempts WHERE call_id = {mark} ORDER BY number",
+        (call_id,),
+    )
+    children = await fetch(
+        f"SELECT id FROM calls WHERE parent_id = {mark} ORDER BY created_at, correlation_id",
+        (call_id,),
+    )
+    return CallRecord(
+        **dict(zip(_RECORD, rows[0], strict=True)),
+        attempts=tuple(AttemptRecord(*attempt) for attempt in attempts),
+        children=tuple(child[0] for child in children),
+    )
+
+
+async def read_counts(fetch: Fetch) -> dict[str, int]:
+    """:meth:`Storage.counts`."""
+    counts = dict.fromkeys((PENDING, RUNNING, WAITING, DONE), 0)
+    for state, count in await fetch("SELECT state, COUNT(*) FROM calls GROUP BY state", ()):
+        counts[state] = count
+    return counts
+
+
+async def read_recent(fetch: Fetch, mark: str, limit: int) -> list[CallSummary]:
+    """:meth:`Storage.recent`."""
+    rows = await fetch(
+        "SELECT c.id, c.root_id, c.parent_id, c.function, c.state, c.status, c.attempt, "
+        "c.created_at, c.finished_at FROM calls c JOIN "
+        "(SELECT id, created_at FROM calls WHERE parent_id IS NULL "
+        f"ORDER BY created_at DESC LIMIT {mark}) roots ON c.root_id = roots.id "
+        f"ORDER BY roots.created_at DESC, c.created_at LIMIT {mark}",
+        (limit, limit),
+    )
+    return [CallSummary(*row) for row in rows]
