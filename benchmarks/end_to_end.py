@@ -16,10 +16,13 @@ orchestrator in another process, calling the endpoint over HTTP with signed
 requests (the peak memory is then the larger of the two processes).
 
 ``--mode postgres`` scales out (issue #5): 1, 2 and 3 ``dispatch server``
-processes on one fresh PostgreSQL database (``--postgres URL`` names the
-server, default the local one), the application in its own process sending
-its calls to the first; the orchestrators share the work through the
-database. Besides wall time it reports the CPU the whole machine spent per
+processes on one fresh PostgreSQL database (the local server), the
+application in its own process sending its calls to the first; the
+orchestrators share the work through the database. ``--mode
+embedded-postgres``: the application's embedded orchestrator on PostgreSQL
+(``DISPATCH_DATABASE_URL``), dispatching and running calls in process as
+DBOS does, joined by 0, 1 and 2 ``dispatch server`` processes that run its
+calls over HTTP. Besides wall time it reports the CPU the whole machine spent per
 call (orchestrators, application and PostgreSQL: this machine has 2 cores,
 so three orchestrators cannot run three times as fast).
 
@@ -58,12 +61,19 @@ POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 def run_once(shape: str, mode: str, orchestrators: int = 1, postgres: str = POSTGRES) -> Any:
     with tempfile.TemporaryDirectory(prefix="dispatch-e2e-") as directory:
-        if mode == "postgres":
+        if mode in ("postgres", "embedded-postgres"):
+            embedded = mode == "embedded-postgres"
+            servers = orchestrators - 1 if embedded else orchestrators
             with (
                 _database(postgres) as database,
-                _servers(directory, database, orchestrators) as env,
+                _servers(directory, database, servers) as env,
             ):
-                return _run_app(shape, mode, directory, {**env, "E2E_DATABASE": database})
+                env["E2E_DATABASE"] = database
+                if embedded:  # the application's own orchestrator, on the database
+                    env["DISPATCH_DATABASE_URL"] = database
+                    for name in ("DISPATCH_API_URL", "DISPATCH_ENDPOINT_URL", "DISPATCH_SEAL_KEY"):
+                        env.pop(name)
+                return _run_app(shape, mode, directory, env)
         database = str(Path(directory) / "dispatch.db")
         env = {**os.environ, "DISPATCH_DIR": directory, "E2E_DATABASE": database}
         env.pop("DISPATCH_API_URL", None)
@@ -145,7 +155,7 @@ def _servers(directory: str, database: str, count: int) -> Iterator[dict[str, st
         app = _free_port()
         yield {
             **env,
-            "DISPATCH_API_URL": f"http://127.0.0.1:{ports[0]}",
+            "DISPATCH_API_URL": f"http://127.0.0.1:{ports[0]}" if ports else "",
             "DISPATCH_ENDPOINT_ADDR": f"127.0.0.1:{app}",
             "DISPATCH_ENDPOINT_URL": f"http://127.0.0.1:{app}/dispatch",
             "DISPATCH_VERIFICATION_KEY": keys.verification_key,
@@ -196,7 +206,9 @@ def measure(shape: str, mode: str, repeats: int, orchestrators: int = 1) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one run per shape (a smoke run)")
-    parser.add_argument("--mode", choices=("embedded", "http", "postgres"), default="embedded")
+    parser.add_argument(
+        "--mode", choices=("embedded", "http", "postgres", "embedded-postgres"), default="embedded"
+    )
     parser.add_argument(
         "--orchestrators",
         default="1,2,3",
@@ -204,10 +216,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
-    counts = [int(n) for n in args.orchestrators.split(",")] if args.mode == "postgres" else [1]
+    postgres = args.mode in ("postgres", "embedded-postgres")
+    counts = [int(n) for n in args.orchestrators.split(",")] if postgres else [1]
     rows = [measure(shape, args.mode, repeats, n) for n in counts for shape in SHAPES]
     print(f"end to end, {args.mode}, Python {platform.python_version()}, median of {repeats}")
-    postgres = args.mode == "postgres"
     header = (
         f"{'shape':<11} {'orch':>4} {'calls':>5} {'seconds':>8} "
         + (f"{'DBOS':>6} {'x DBOS':>6} " if postgres else f"{'target':>7} {'0.8':>6} ")

@@ -115,19 +115,22 @@ class _Embedded:
 
 
 def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) -> None:
-    from .orchestrator import DirectInvoker, NewCall, Orchestrator, SQLiteStorage
+    from .orchestrator import DirectInvoker, NewCall, Orchestrator, SQLiteStorage, open_storage
     from .orchestrator._engine import new_id
 
     directory = _local.directory()
     keys = _local.keys()
     seal_keys = list(settings.seal_keys) or [keys.seal_key]
     endpoint = Dispatch(verification_key=keys.verification_key, seal_keys=seal_keys)
-    storage = SQLiteStorage(str(directory / "dispatch.db"))
+    database = os.environ.get("DISPATCH_DATABASE_URL")
+    storage = open_storage(database) if database else SQLiteStorage(str(directory / "dispatch.db"))
     # The orchestrator calls the endpoint in process: unsigned, as no request
     # crosses a network (the endpoint still verifies any that arrive over HTTP).
     orchestrator = Orchestrator(
         storage, signing_key=None, api_key=keys.api_key, invoker=DirectInvoker(endpoint)
     )
+    if not storage.exclusive:
+        orchestrator.engine.endpoints = set()  # its own, once serving (see announce)
     host, port = _address(settings)
     if "DISPATCH_ENDPOINT_ADDR" not in os.environ and not _free(host, port):
         port = 0  # the default port is taken: nothing outside needs this one
@@ -154,19 +157,34 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
                     expires_at=now + engine.policy.expiration,
                 )
             )
-        # Stored by this thread, so a dispatch does not wait for the event
-        # loop's turn; the engine is woken to run them.
-        storage.create_sync(new, now)
-        loop.call_soon_threadsafe(engine.wake)
+        if isinstance(storage, SQLiteStorage):
+            # Stored by this thread, so a dispatch does not wait for the
+            # event loop's turn; the engine is woken to run them.
+            storage.create_sync(new, now)
+            loop.call_soon_threadsafe(engine.wake)
+        else:  # the database's connections belong to the event loop
+            if threading.get_ident() == loop_thread[0]:
+                raise RuntimeError(
+                    "f.dispatch() blocks until the call is stored: call it from a thread "
+                    "(init, a plain dispatch function), not from the event loop"
+                )
+            asyncio.run_coroutine_threadsafe(engine.submit(new), loop).result()
         return [c.id for c in new]
 
     server_loop: list[asyncio.AbstractEventLoop] = []
+    loop_thread: list[int] = []
     default_registry().use_sender(send)
 
     def announce() -> None:
         server_loop.append(asyncio.get_running_loop())
+        loop_thread.append(threading.get_ident())
+        if not storage.exclusive:
+            # A database shared with other orchestrators holds other
+            # applications' calls too: this one runs its own, in process.
+            engine.endpoints = {f"http://{host}:{_bound_port(server) or port}/dispatch"}
 
-    _serve(server, init, on_started=announce, banner=f"embedded orchestrator ({directory})")
+    where = "PostgreSQL: DISPATCH_DATABASE_URL" if database else directory
+    _serve(server, init, on_started=announce, banner=f"embedded orchestrator ({where})")
 
 
 def _serve(

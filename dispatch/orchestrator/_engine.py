@@ -97,6 +97,8 @@ class Engine:
         self._wake = asyncio.Event()
         self._stopping = False
         self._attempts: dict[str, asyncio.Task[None]] = {}
+        self.endpoints: set[str] | None = None
+        """The endpoints whose calls this engine runs (None: every endpoint)."""
         self._turns: dict[str, int] = {}
 
     def limiter(self, endpoint: str) -> Limiter:
@@ -176,6 +178,8 @@ class Engine:
         """Claim due calls for every endpoint with room; whether any were claimed."""
         claimed_any = False
         for endpoint in await self.storage.due_endpoints(now):
+            if self.endpoints is not None and endpoint not in self.endpoints:
+                continue
             limiter = self.limiter(endpoint)
             free = limiter.available()
             if not free:

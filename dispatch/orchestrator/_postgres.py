@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -130,7 +131,7 @@ BEGIN
         END IF;
     END IF;
     IF n > 0 THEN
-        PERFORM pg_notify('dispatch_work', '');
+        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
     END IF;
     RETURN n;
 END $$;
@@ -197,7 +198,7 @@ BEGIN
         IF notify_parents THEN
             IF dispatch_deliver(cancelled.id, cancelled.parent_id, {permanent_error},
                                 NULL, {cancelled_error}, now) THEN
-                PERFORM pg_notify('dispatch_work', '');
+                PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
             END IF;
         ELSE
             UPDATE calls SET outstanding = outstanding - 1 WHERE id = cancelled.parent_id;
@@ -369,7 +370,7 @@ BEGIN
         END IF;
     END IF;
     IF due_now THEN
-        PERFORM pg_notify('dispatch_work', '');
+        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
     END IF;
     RETURN true;
 END $$;
@@ -486,6 +487,9 @@ class PostgresStorage:
         self._opening = asyncio.Lock()
         self._leases: Conn | None = None  # see _keep_leases
         self._leasing = asyncio.Lock()
+        # Notifications carry their sender's id: this process knows what it
+        # made due (its engine is woken directly), the others do not.
+        self._sender = uuid.uuid4().hex
         self._completions: list[_Waiting] = []  # see _flush
         self._flushers: set[asyncio.Future[None]] = set()
 
@@ -506,11 +510,16 @@ class PostgresStorage:
                     min_size=1,
                     max_size=self.pool_size,
                     kwargs={"autocommit": True},
+                    configure=self._configure,
                     open=False,
                 )
                 await pool.open(wait=True, timeout=30)
                 self._pool = pool
             return self._pool
+
+    async def _configure(self, connection: Conn) -> None:
+        """A new connection of the pool: its notifications name this process."""
+        await connection.execute("SELECT set_config('dispatch.sender', %s, false)", (self._sender,))
 
     async def _run(self, work: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
         """``work`` in one transaction (or, for one statement, without
@@ -570,8 +579,9 @@ class PostgresStorage:
             await connection.execute(f"LISTEN {CHANNEL}")
             # What was notified while not listening (before, or while reconnecting).
             wake()
-            async for _ in connection.notifies():
-                wake()
+            async for notification in connection.notifies():
+                if notification.payload != self._sender:
+                    wake()
 
     async def close(self) -> None:
         if self._leases is not None:
@@ -703,8 +713,8 @@ class PostgresStorage:
             "started_at = NULL, finished_at = NULL, status = NULL, "
             "error_type = EXCLUDED.error_type, error_message = EXCLUDED.error_message, "
             "snapshot_size = NULL) "
-            f"SELECT count(*), pg_notify('{CHANNEL}', '') FROM lost",
-            (now, now),
+            f"SELECT count(*), pg_notify('{CHANNEL}', %s) FROM lost",
+            (now, now, self._sender),
         )
         count: int = rows[0][0]
         return count

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -30,6 +32,7 @@ from dispatch.orchestrator._storage import Claimed, Completion, Finish, NewCall,
 pytestmark = pytest.mark.timeout(120)
 
 EP = "http://a.test/dispatch"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 OK = Status.OK.value
 
 
@@ -184,7 +187,11 @@ async def test_new_work_wakes_a_watching_process(url: str) -> None:
     await other.migrate()
     woken, task = await wakes(watcher)
     now = time.time()
-    # New calls from the API of another process.
+    # Its own work does not wake it (its engine knows of it)...
+    await watcher.create([new("own")], now + 1000)  # (due later: out of the claims below)
+    await asyncio.sleep(0.3)
+    assert not woken.is_set()
+    # ... other processes' does: new calls from the API of another process.
     await other.create([new("p")], now)
     await asyncio.wait_for(woken.wait(), 5)
     woken.clear()
@@ -272,3 +279,55 @@ async def test_children_finishing_together_all_reach_their_parent(url: str) -> N
     outputs = {result.correlation_id: result.output for result in resumed[0].results}
     assert outputs == {cid: f"p.{cid}".encode() for cid in range(1, 201)}
     await storage.close()
+
+
+def test_an_application_embeds_its_orchestrator_on_postgres(url: str, tmp_path: Path) -> None:
+    """``python app.py`` with DISPATCH_DATABASE_URL on PostgreSQL: the embedded
+    orchestrator keeps the calls there and runs them in process; the calls of
+    other applications sharing the database are not its to run."""
+
+    async def elsewhere() -> None:
+        storage = PostgresStorage(url)
+        await storage.migrate()
+        await storage.create([new("elsewhere")], time.time())  # of http://a.test/dispatch
+        await storage.close()
+
+    asyncio.run(elsewhere())
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("DISPATCH_")
+    }
+    environment |= {
+        "DISPATCH_DATABASE_URL": url,
+        "DISPATCH_ENDPOINT_ADDR": "127.0.0.1:0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    app = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "pipeline.py")],
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stdout is not None
+        printed = []
+        for line in app.stdout:
+            printed.append(line.rstrip("\n"))
+            if printed[-1] == "pipeline: 4 items, total 16":
+                break
+        app.send_signal(signal.SIGTERM)
+        _, stderr = app.communicate(timeout=30)
+    finally:
+        app.kill()
+    assert app.returncode == 0, stderr
+    assert "embedded orchestrator (PostgreSQL: DISPATCH_DATABASE_URL)" in stderr
+    assert "pipeline: 4 items, total 16" in printed, (printed, stderr)
+    with psycopg.connect(url) as connection:
+        calls = connection.execute("SELECT function, state, status FROM calls").fetchall()
+    assert sorted(calls) == sorted(
+        [("pipeline", "done", OK), ("total", "done", OK)]
+        + [("fetch_price", "done", OK)] * 4
+        + [("f", "pending", None)]
+    )
+    assert not (tmp_path / ".dispatch" / "dispatch.db").exists()
