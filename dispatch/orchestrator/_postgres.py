@@ -247,6 +247,9 @@ BEGIN
                      WHERE state = 'pending' AND endpoint = of_endpoint AND due_at <= now
                      ORDER BY due_at LIMIT max_calls FOR UPDATE SKIP LOCKED);
     END IF;
+    IF cardinality(ids) = 0 THEN
+        RETURN;
+    END IF;
     RETURN QUERY
     WITH claimed AS (
         UPDATE calls SET state = 'running', lease_owner = owner,
