@@ -130,8 +130,9 @@ class Engine:
             while not self._stopping:
                 self._wake.clear()
                 now = self.clock()
-                claimed = await self._fill(now)
-                await self._sleep(claimed, now)
+                due = await self.storage.due(now)
+                claimed = await self._fill(now, due.endpoints)
+                await self._sleep(claimed, now, due.next)
         finally:
             renewing.cancel()
             watching.cancel()
@@ -158,10 +159,10 @@ class Engine:
         if self._attempts:
             await asyncio.wait(list(self._attempts.values()))
 
-    async def _sleep(self, claimed: bool, filled: float) -> None:
+    async def _sleep(self, claimed: bool, filled: float, due: float | None) -> None:
         """Until new work may be due: a wake-up, or the next due time.
-        ``claimed``: whether the fill at time ``filled`` claimed anything."""
-        due = await self.storage.next_due()
+        ``claimed``: whether the fill at time ``filled`` claimed anything;
+        ``due``: the earliest due time then (before that fill)."""
         if due is None or (due <= filled and not claimed):
             # Nothing due, or due when we filled but no endpoint had room: an
             # attempt finishing (or new calls) will wake us.
@@ -174,10 +175,10 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _fill(self, now: float) -> bool:
+    async def _fill(self, now: float, endpoints: list[str]) -> bool:
         """Claim due calls for every endpoint with room; whether any were claimed."""
         claimed_any = False
-        for endpoint in await self.storage.due_endpoints(now):
+        for endpoint in endpoints:
             if self.endpoints is not None and endpoint not in self.endpoints:
                 continue
             limiter = self.limiter(endpoint)

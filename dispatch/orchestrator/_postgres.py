@@ -50,6 +50,7 @@ from ._storage import (
     Claimed,
     Completion,
     DatabaseUnavailable,
+    Due,
     Finish,
     NewCall,
     Result,
@@ -732,22 +733,16 @@ class PostgresStorage:
             cursor = await self._leases.execute(sql, parameters)
             return await cursor.fetchall() if cursor.description else []
 
-    async def next_due(self) -> float | None:
-        rows = await self._fetch(
-            "SELECT LEAST((SELECT MIN(due_at) FROM calls WHERE state = 'pending'), "
-            "(SELECT MIN(wait_until) FROM calls WHERE state = 'waiting'))"
-        )
-        value: float | None = rows[0][0]
-        return value
-
-    async def due_endpoints(self, now: float) -> list[str]:
+    async def due(self, now: float) -> Due:
         # Waiting calls past their max wait are due too: claim() resumes them.
-        rows = await self._fetch(
-            "SELECT DISTINCT endpoint FROM calls WHERE state = 'pending' AND due_at <= %s "
-            "UNION SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= %s",
+        ((endpoints, earliest),) = await self._fetch(
+            "SELECT ARRAY(SELECT endpoint FROM calls WHERE state = 'pending' AND due_at <= %s "
+            "UNION SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= %s), "
+            "LEAST((SELECT MIN(due_at) FROM calls WHERE state = 'pending'), "
+            "(SELECT MIN(wait_until) FROM calls WHERE state = 'waiting'))",
             (now, now),
         )
-        return [row[0] for row in rows]
+        return Due(endpoints, earliest)
 
     async def cancel(self, call_id: str, now: float) -> int:
         rows = await self._fetch("SELECT dispatch_cancel(%s, %s, true)", ([call_id], now))

@@ -26,6 +26,7 @@ from ._storage import (
     CallSummary,
     Claimed,
     Completion,
+    Due,
     Finish,
     NewCall,
     Result,
@@ -305,23 +306,19 @@ class SQLiteStorage:
                 (now, now),
             ).rowcount
 
-    async def next_due(self) -> float | None:
-        rows = self._query(
-            "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM calls WHERE state = 'pending' "
-            "UNION ALL SELECT MIN(wait_until) FROM calls WHERE state = 'waiting')"
-        )
-        return rows[0][0] if rows else None
-
-    async def due_endpoints(self, now: float) -> list[str]:
-        # Waiting calls past their max wait are due too: claim() resumes them.
-        return [
-            row[0]
-            for row in self._query(
+    async def due(self, now: float) -> Due:
+        with self._lock:
+            # Waiting calls past their max wait are due too: claim() resumes them.
+            endpoints = self.db.execute(
                 "SELECT endpoint FROM calls WHERE state = 'pending' AND due_at <= ? UNION "
                 "SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= ?",
                 (now, now),
-            )
-        ]
+            ).fetchall()
+            (earliest,) = self.db.execute(
+                "SELECT MIN(t) FROM (SELECT MIN(due_at) AS t FROM calls WHERE state = 'pending' "
+                "UNION ALL SELECT MIN(wait_until) FROM calls WHERE state = 'waiting')"
+            ).fetchone()
+        return Due([row[0] for row in endpoints], earliest)
 
     async def cancel(self, call_id: str, now: float) -> int:
         with self._transaction() as db:

@@ -214,6 +214,16 @@ class CallRecord:
     children: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class Due:
+    """What the engine looks at before it claims, in one query."""
+
+    endpoints: list[str]
+    """Endpoints with calls due now (waits past their max wait included)."""
+    next: float | None
+    """The earliest time a pending or waiting call becomes due (None: none is)."""
+
+
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be used: its driver is not installed, or it cannot be reached."""
 
@@ -274,11 +284,8 @@ class Storage(Protocol):
     async def recover(self, now: float) -> int:
         """Make calls whose lease expired pending again; how many."""
 
-    async def next_due(self) -> float | None:
-        """The earliest time a pending or waiting call becomes due."""
-
-    async def due_endpoints(self, now: float) -> list[str]:
-        """Endpoints with calls due at ``now``."""
+    async def due(self, now: float) -> Due:
+        """What is due at ``now``, and when the next call becomes due."""
 
     async def cancel(self, call_id: str, now: float) -> int:
         """Cancel a call and its descendants that are not done; how many."""

@@ -33,6 +33,7 @@ from dispatch.orchestrator._storage import (
     CallSummary,
     Claimed,
     Completion,
+    Due,
 )
 
 from . import functions
@@ -96,11 +97,8 @@ class RecordingStorage:
     async def recover(self, now: float) -> int:
         return await self.inner.recover(now)
 
-    async def next_due(self) -> float | None:
-        return await self.inner.next_due()
-
-    async def due_endpoints(self, now: float) -> list[str]:
-        return await self.inner.due_endpoints(now)
+    async def due(self, now: float) -> Due:
+        return await self.inner.due(now)
 
     async def cancel(self, call_id: str, now: float) -> int:
         return await self.inner.cancel(call_id, now)

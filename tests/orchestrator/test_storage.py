@@ -75,6 +75,14 @@ def children(parent: str, count: int, first_cid: int = 1) -> tuple[NewCall, ...]
     )
 
 
+async def next_due(storage: Storage) -> float | None:
+    return (await storage.due(T)).next  # (whatever the time now)
+
+
+async def due_endpoints(storage: Storage, now: float) -> list[str]:
+    return (await storage.due(now)).endpoints
+
+
 async def claim(
     storage: Storage,
     now: float,
@@ -198,7 +206,7 @@ async def test_create_makes_pending_calls_due_now(storage: Storage) -> None:
     assert (record.state, record.status, record.attempt) == (PENDING, None, 0)
     assert (record.created_at, record.finished_at) == (T, None)
     assert (record.output, record.error, record.attempts, record.children) == (None, None, (), ())
-    assert await storage.next_due() == T
+    assert await next_due(storage) == T
     assert await storage.counts() == {PENDING: 2, RUNNING: 0, WAITING: 0, DONE: 0}
     claimed = await claim(storage, T)
     assert claimed["a"].expires_at == T + 99
@@ -282,7 +290,7 @@ async def test_claim_leases_the_call(storage: Storage) -> None:
     await claim_one(storage, "a", T)
     assert await state(storage, "a") == RUNNING
     assert await claim(storage, T + 1, owner=OTHER) == {}  # running: not claimed twice
-    assert await storage.next_due() is None
+    assert await next_due(storage) is None
     assert await storage.recover(T + LEASE - 0.01) == 0
     assert await storage.recover(T + LEASE + SLACK) == 1
     assert set(await claim(storage, T + LEASE, owner=OTHER)) == {"a"}
@@ -329,7 +337,7 @@ async def test_waiting_call_becomes_claimable_at_its_max_wait(storage: Storage) 
     call = await claim_one(storage, "a", T)
     await suspend(storage, call, T + 1, snapshot=b"frames", wait_until=T + 5)
     assert await state(storage, "a") == WAITING
-    assert await storage.next_due() == T + 5
+    assert await next_due(storage) == T + 5
     assert await claim(storage, T + 4.99) == {}
     resumed = await claim_one(storage, "a", T + 5)
     assert (resumed.snapshot, resumed.input, resumed.results) == (b"frames", b"input of a", ())
@@ -380,7 +388,7 @@ async def test_finish_records_the_result(storage: Storage) -> None:
         "ValueError",
         "bad",
     )
-    assert await storage.next_due() is None
+    assert await next_due(storage) is None
     assert await claim(storage, T + 100) == {}
 
 
@@ -423,7 +431,7 @@ async def test_parent_wakes_once_min_results_have_arrived(storage: Storage) -> N
     assert await state(storage, "p") == WAITING
     await finish(storage, claimed[ids[2]], T + 3)
     assert await state(storage, "p") == PENDING
-    assert await storage.next_due() == T + 3
+    assert await next_due(storage) == T + 3
     resumed = await claim_one(storage, "p", T + 3)
     assert [r.child_id for r in resumed.results] == [ids[0], ids[2]]
 
@@ -521,8 +529,8 @@ async def test_retry_makes_the_call_pending_at_due_at(storage: Storage) -> None:
         b"slow down",
     )
     assert record.attempts[0].status == Status.THROTTLED.value
-    assert await storage.next_due() == T + 8
-    assert await storage.due_endpoints(T + 7) == []
+    assert await next_due(storage) == T + 8
+    assert await due_endpoints(storage, T + 7) == []
     assert await claim(storage, T + 7.9) == {}
     again = await claim_one(storage, "a", T + 8)
     assert (again.input, again.snapshot, again.attempt) == (b"input of a", None, 2)
@@ -823,7 +831,7 @@ async def test_recover_makes_expired_leases_pending(storage: Storage) -> None:
     assert await storage.recover(T + LEASE + 5) == 1
     assert await state(storage, "a") == PENDING
     assert await state(storage, "b") == RUNNING
-    assert await storage.due_endpoints(T + LEASE + 5) == [EP]
+    assert await due_endpoints(storage, T + LEASE + 5) == [EP]
     again = await claim_one(storage, "a", T + LEASE + 5, owner=OTHER)
     assert (again.attempt, again.run) == (2, 2)  # the lost attempt counts
     record = await storage.get("a")
@@ -841,9 +849,9 @@ async def test_recover_everything(storage: Storage) -> None:
     await claim(storage, T)
     assert await storage.recover(math.inf) == 2
     assert await storage.counts() == {PENDING: 2, RUNNING: 0, WAITING: 0, DONE: 0}
-    due = await storage.next_due()
+    due = await next_due(storage)
     assert due is not None and due <= T + 1
-    assert await storage.due_endpoints(T + 1) == [EP]
+    assert await due_endpoints(storage, T + 1) == [EP]
     assert set(await claim(storage, T + 1)) == {"a", "b"}
 
 
@@ -920,7 +928,7 @@ async def test_cancel_of_a_pending_and_of_a_running_call(storage: Storage) -> No
     await claim(storage, T, limit=1)
     assert await storage.cancel("a", T + 1) + await storage.cancel("b", T + 1) == 2
     assert await storage.counts() == {PENDING: 0, RUNNING: 0, WAITING: 0, DONE: 2}
-    assert await storage.next_due() is None
+    assert await next_due(storage) is None
     assert await claim(storage, T + 2) == {}
 
 
@@ -1006,35 +1014,35 @@ async def test_recent_lists_the_newest_trees_first(storage: Storage) -> None:
     assert [c.id for c in await storage.recent(4)] == ["r3", "r2", "p", "p.1"]
 
 
-async def test_next_due(storage: Storage) -> None:
-    assert await storage.next_due() is None
+async def test_due_says_when_the_next_call_is_due(storage: Storage) -> None:
+    assert await next_due(storage) is None
     await storage.create([new("a")], T + 20)
-    assert await storage.next_due() == T + 20
+    assert await next_due(storage) == T + 20
     await storage.create([new("w")], T)
     call = await claim_one(storage, "w", T)
-    assert await storage.next_due() == T + 20  # running calls are not due
+    assert await next_due(storage) == T + 20  # running calls are not due
     await suspend(storage, call, T, wait_until=T + 7)
-    assert await storage.next_due() == T + 7
+    assert await next_due(storage) == T + 7
 
 
-async def test_due_endpoints(storage: Storage) -> None:
-    assert await storage.due_endpoints(T) == []
+async def test_due_lists_the_endpoints_with_calls_due(storage: Storage) -> None:
+    assert await due_endpoints(storage, T) == []
     await storage.create([new("a1"), new("a2")], T)
     await storage.create([new("b")], T + 5)
-    assert await storage.due_endpoints(T) == [EP]
-    assert await storage.due_endpoints(T + 5) == [EP]
+    assert await due_endpoints(storage, T) == [EP]
+    assert await due_endpoints(storage, T + 5) == [EP]
     await storage.create([new("c", endpoint=EP2)], T + 5)
-    assert sorted(await storage.due_endpoints(T + 5)) == [EP, EP2]
+    assert sorted(await due_endpoints(storage, T + 5)) == [EP, EP2]
     await claim(storage, T + 5)
-    assert await storage.due_endpoints(T + 5) == []
+    assert await due_endpoints(storage, T + 5) == []
 
 
 async def test_a_waiting_call_past_its_max_wait_is_due(storage: Storage) -> None:
     await storage.create([new("w", endpoint=EP2)], T)
     call = await claim_one(storage, "w", T)
     await suspend(storage, call, T, wait_until=T + 7)
-    assert await storage.due_endpoints(T + 6) == []
-    assert await storage.due_endpoints(T + 7) == [EP2]
+    assert await due_endpoints(storage, T + 6) == []
+    assert await due_endpoints(storage, T + 7) == [EP2]
     assert set(await claim(storage, T + 7, endpoint=EP2)) == {"w"}
 
 
