@@ -157,27 +157,17 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
                     expires_at=now + engine.policy.expiration,
                 )
             )
-        if isinstance(storage, SQLiteStorage):
-            # Stored by this thread, so a dispatch does not wait for the
-            # event loop's turn; the engine is woken to run them.
-            storage.create_sync(new, now)
-            loop.call_soon_threadsafe(engine.wake)
-        else:  # the database's connections belong to the event loop
-            if threading.get_ident() == loop_thread[0]:
-                raise RuntimeError(
-                    "f.dispatch() blocks until the call is stored: call it from a thread "
-                    "(init, a plain dispatch function), not from the event loop"
-                )
-            asyncio.run_coroutine_threadsafe(engine.submit(new), loop).result()
+        # Stored by this thread, so a dispatch does not wait for the event
+        # loop's turn; the engine is woken to run them.
+        storage.create_sync(new, now)
+        loop.call_soon_threadsafe(engine.wake)
         return [c.id for c in new]
 
     server_loop: list[asyncio.AbstractEventLoop] = []
-    loop_thread: list[int] = []
     default_registry().use_sender(send)
 
     def announce() -> None:
         server_loop.append(asyncio.get_running_loop())
-        loop_thread.append(threading.get_ident())
         if not storage.exclusive:
             # A database shared with other orchestrators holds other
             # applications' calls too: this one runs its own, in process.

@@ -31,9 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -452,6 +453,10 @@ _ARRAYS = (
     "%s::bytea[], %s::float8[]"
 )
 
+_CREATE = f"SELECT dispatch_create({_ARRAYS}, %s)"
+
+_SENDER = "SELECT set_config('dispatch.sender', %s, false)"
+
 _CLAIM = "SELECT * FROM dispatch_claim(%s, %s, %s, %s, %s, %s)"
 
 _COMPLETE = (
@@ -494,6 +499,8 @@ class PostgresStorage:
         # Notifications carry their sender's id: this process knows what it
         # made due (its engine is woken directly), the others do not.
         self._sender = uuid.uuid4().hex
+        self._creator: psycopg.Connection[tuple[Any, ...]] | None = None  # see create_sync
+        self._creating = threading.Lock()
         self._completions: list[_Waiting] = []  # see _flush
         self._flushers: set[asyncio.Future[None]] = set()
 
@@ -523,7 +530,7 @@ class PostgresStorage:
 
     async def _configure(self, connection: Conn) -> None:
         """A new connection of the pool: its notifications name this process."""
-        await connection.execute("SELECT set_config('dispatch.sender', %s, false)", (self._sender,))
+        await connection.execute(_SENDER, (self._sender,))
 
     async def _run(self, work: Callable[[Conn], Awaitable[T]], *, transaction: bool = True) -> T:
         """``work`` in one transaction (or, for one statement, without
@@ -588,6 +595,10 @@ class PostgresStorage:
                     wake()
 
     async def close(self) -> None:
+        with self._creating:
+            if self._creator is not None:
+                self._creator.close()
+                self._creator = None
         if self._leases is not None:
             await self._leases.close()
             self._leases = None
@@ -598,12 +609,19 @@ class PostgresStorage:
     async def create(self, calls: Sequence[NewCall], now: float) -> None:
         if not calls:
             return
-        try:
-            await self._fetch(f"SELECT dispatch_create({_ARRAYS}, %s)", (*_columns(calls), now))
-        except psycopg.Error as error:
-            if error.sqlstate == "DP409":
-                raise CallConflict(error.diag.message_primary) from None
-            raise
+        with _conflicts():
+            await self._fetch(_CREATE, (*_columns(calls), now))
+
+    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
+        """:meth:`create`, from any thread (an embedded application's), on a
+        connection of its own: a dispatch does not wait for the event loop."""
+        if not calls:
+            return
+        with self._creating, _conflicts():
+            if self._creator is None or self._creator.closed:
+                self._creator = psycopg.connect(self.url, autocommit=True)
+                self._creator.execute(_SENDER, (self._sender,))
+            self._creator.execute(_CREATE, (*_columns(calls), now))
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
@@ -757,6 +775,17 @@ class PostgresStorage:
 
     async def recent(self, limit: int) -> list[CallSummary]:
         return await read_recent(self._fetch, "%s", limit)
+
+
+@contextlib.contextmanager
+def _conflicts() -> Iterator[None]:
+    """``dispatch_create``'s conflict (SQLSTATE DP409) as :class:`CallConflict`."""
+    try:
+        yield
+    except psycopg.Error as error:
+        if error.sqlstate == "DP409":
+            raise CallConflict(error.diag.message_primary) from None
+        raise
 
 
 def _columns(calls: Sequence[NewCall]) -> list[list[Any]]:

@@ -259,6 +259,10 @@ class Storage(Protocol):
         twice), unless it is of another function or endpoint, which raises
         :class:`CallConflict` and creates none."""
 
+    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
+        """:meth:`create`, blocking, from any thread: an embedded application's
+        dispatches, stored without waiting for the event loop's turn."""
+
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
     ) -> list[Claimed]:

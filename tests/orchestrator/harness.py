@@ -75,6 +75,9 @@ class RecordingStorage:
     async def create(self, calls: Sequence[NewCall], now: float) -> None:
         await self.inner.create(calls, now)
 
+    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
+        self.inner.create_sync(calls, now)
+
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
     ) -> list[Claimed]:

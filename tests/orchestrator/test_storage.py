@@ -8,6 +8,7 @@ in ``dispatch/orchestrator/_storage.py``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 
@@ -250,6 +251,16 @@ async def test_an_existing_id_of_another_call_is_a_conflict(
     # The failed batch left the storage usable.
     await storage.create([new("b")], T)
     assert await state(storage, "b") == PENDING
+
+
+async def test_create_sync_from_another_thread(storage: Storage) -> None:
+    """An embedded application's threads store their dispatches themselves."""
+    await asyncio.to_thread(storage.create_sync, [new("a"), new("b")], T)
+    assert set(await claim(storage, T)) == {"a", "b"}
+    await asyncio.to_thread(storage.create_sync, [new("a")], T + 1)  # the same call: nothing new
+    with pytest.raises(CallConflict, match="'a'"):
+        await asyncio.to_thread(storage.create_sync, [new("c"), new("a", function="g")], T)
+    assert await storage.get("c") is None
 
 
 # --- claim ------------------------------------------------------------------------------------
