@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 import uuid
@@ -61,8 +60,6 @@ from ._storage import (
     read_counts,
     read_recent,
 )
-
-logger = logging.getLogger("dispatch.orchestrator")
 
 T = TypeVar("T")
 
@@ -447,7 +444,6 @@ MIGRATIONS = [
     .replace("{cancelled_error}", f"'\\x{CANCELLED_ERROR.hex()}'::bytea")
 ]
 
-_COLUMNS = "ids, roots, parents, cids, functions, endpoints, inputs, expires"
 _ARRAYS = (
     "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
     "%s::bytea[], %s::float8[]"
