@@ -651,7 +651,9 @@ class PostgresStorage:
         wait are then applied together, and siblings take their parent's row
         lock, and the commit's flush to disk, once per batch, not each."""
         while self._completions:
-            batch = self._completions[:BATCH]
+            # Applied in the order of the parents' ids: then two batches lock
+            # the parents they share in the same order, and cannot deadlock.
+            batch = sorted(self._completions[:BATCH], key=_lock_order)
             del self._completions[:BATCH]
             try:
                 outcomes = await self._complete_batch(batch)
@@ -708,9 +710,14 @@ class PostgresStorage:
     async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
         if not ids:
             return
+        # SKIP LOCKED: a row held by another transaction is being completed,
+        # or is a parent receiving a result; the next renewal (a third of a
+        # lease later) takes it. Waiting for it could close a cycle of locks
+        # with a batch of completions.
         await self._keep_leases(
-            "UPDATE calls SET lease_expires = %s "
-            "WHERE id = ANY(%s) AND state = 'running' AND lease_owner = %s",
+            "UPDATE calls SET lease_expires = %s WHERE id IN (SELECT id FROM calls "
+            "WHERE id = ANY(%s) AND state = 'running' AND lease_owner = %s "
+            "FOR UPDATE SKIP LOCKED)",
             (until, list(ids), owner),
         )
 
@@ -782,6 +789,12 @@ def _conflicts() -> Iterator[None]:
         if error.sqlstate == "DP409":
             raise CallConflict(error.diag.message_primary) from None
         raise
+
+
+def _lock_order(waiting: _Waiting) -> tuple[str, str]:
+    """Completions lock their call, then its parent: sorted by parent."""
+    call = waiting[0].call
+    return (call.parent_id or call.id, call.id)
 
 
 def _columns(calls: Sequence[NewCall]) -> list[list[Any]]:

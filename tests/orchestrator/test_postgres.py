@@ -331,3 +331,28 @@ def test_an_application_embeds_its_orchestrator_on_postgres(url: str, tmp_path: 
         + [("f", "pending", None)]
     )
     assert not (tmp_path / ".dispatch" / "dispatch.db").exists()
+
+
+async def test_a_batch_of_completions_drops_only_the_answers_whose_claim_was_lost(
+    url: str,
+) -> None:
+    storage = PostgresStorage(url)
+    await storage.migrate()
+    now = time.time()
+    await storage.create([new(f"c{i}") for i in range(40)], now)
+    claimed = await storage.claim("o", EP, 40, now, 1.0)
+    await storage.renew("o", [call.id for call in claimed if call.id != "c7"], now + 60)
+    assert await storage.recover(now + 5) == 1  # c7's lease expired: its claim is lost
+
+    async def finish(call: Claimed) -> bool:
+        done = Completion(call, "o", Finish(OK, output=b"x"), now + 6, 0.0, OK)
+        completed, _ = await storage.complete_and_claim(done, 0, 60.0)
+        return completed
+
+    completed = await asyncio.gather(*map(finish, claimed))
+    outcomes = dict(zip((call.id for call in claimed), completed, strict=True))
+    assert [call_id for call_id, completed in outcomes.items() if not completed] == ["c7"]
+    assert await storage.counts() == {"pending": 1, "running": 0, "waiting": 0, "done": 39}
+    record = await storage.get("c3")
+    assert record is not None and record.output == b"x" and len(record.attempts) == 1
+    await storage.close()
