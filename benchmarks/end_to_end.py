@@ -48,6 +48,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dispatch import _local
+
 HERE = Path(__file__).parent
 SHAPES = ("one_by_one", "batch", "gather", "sequential")
 # Issue #4: targets, and dispatch-py 0.8's in-memory test service on this machine.
@@ -66,13 +68,23 @@ def run_once(shape: str, mode: str, orchestrators: int = 1, postgres: str = POST
             servers = orchestrators - 1 if embedded else orchestrators
             with (
                 _database(postgres) as database,
-                _servers(directory, database, servers) as env,
+                _servers(directory, database, servers) as apis,
             ):
-                env["E2E_DATABASE"] = database
-                if embedded:  # the application's own orchestrator, on the database
+                app = f"127.0.0.1:{_free_port()}"
+                env = {**os.environ, "DISPATCH_DIR": directory, "E2E_DATABASE": database}
+                env |= {"DISPATCH_ENDPOINT_ADDR": app}
+                if embedded:  # its own orchestrator, on the database; the servers' keys
                     env["DISPATCH_DATABASE_URL"] = database
-                    for name in ("DISPATCH_API_URL", "DISPATCH_ENDPOINT_URL", "DISPATCH_SEAL_KEY"):
-                        env.pop(name)
+                    env.pop("DISPATCH_API_URL", None)
+                else:
+                    keys = _local.keys(Path(directory) / "keys.json")  # the servers'
+                    env |= {
+                        "DISPATCH_API_URL": apis[0],
+                        "DISPATCH_API_KEY": keys.api_key,
+                        "DISPATCH_ENDPOINT_URL": f"http://{app}/dispatch",
+                        "DISPATCH_VERIFICATION_KEY": keys.verification_key,
+                        "DISPATCH_SEAL_KEY": keys.seal_key_text(),
+                    }
                 return _run_app(shape, mode, directory, env)
         database = str(Path(directory) / "dispatch.db")
         env = {**os.environ, "DISPATCH_DIR": directory, "E2E_DATABASE": database}
@@ -134,11 +146,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _servers(directory: str, database: str, count: int) -> Iterator[dict[str, str]]:
+def _servers(directory: str, database: str, count: int) -> Iterator[list[str]]:
     """``count`` ``dispatch server`` processes on ``database``, sharing their keys
-    (one DISPATCH_DIR); the environment of an application that uses them."""
-    from dispatch import _local
-
+    (one DISPATCH_DIR); their API URLs."""
     keys = _local.keys(Path(directory) / "keys.json")
     env = {**os.environ, "DISPATCH_DIR": directory, "DISPATCH_API_KEY": keys.api_key}
     ports = [_free_port() for _ in range(count)]
@@ -152,15 +162,7 @@ def _servers(directory: str, database: str, count: int) -> Iterator[dict[str, st
                 processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
         for process, port in zip(processes, ports, strict=True):
             _wait_healthy(process, f"http://127.0.0.1:{port}/v1/health", directory)
-        app = _free_port()
-        yield {
-            **env,
-            "DISPATCH_API_URL": f"http://127.0.0.1:{ports[0]}" if ports else "",
-            "DISPATCH_ENDPOINT_ADDR": f"127.0.0.1:{app}",
-            "DISPATCH_ENDPOINT_URL": f"http://127.0.0.1:{app}/dispatch",
-            "DISPATCH_VERIFICATION_KEY": keys.verification_key,
-            "DISPATCH_SEAL_KEY": keys.seal_key_text(),
-        }
+        yield [f"http://127.0.0.1:{port}" for port in ports]
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

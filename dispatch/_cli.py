@@ -118,15 +118,6 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
     return parse
 
 
-def _database(db: str | None) -> str:
-    db = db or os.environ.get("DISPATCH_DATABASE_URL")
-    if db:
-        return db
-    directory = _local.directory()
-    directory.mkdir(parents=True, exist_ok=True)
-    return str(directory / "dispatch.db")
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -190,7 +181,7 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
     logging.getLogger("dispatch").addHandler(handler)
     logging.getLogger("dispatch").setLevel(logging.INFO)
     keys = _local.keys()
-    storage = open_storage(_database(db))
+    storage = open_storage(db or _local.database())
     await storage.migrate()  # an unusable database is a clear error, before anything runs
     orchestrator = Orchestrator(
         storage,
@@ -306,7 +297,7 @@ async def _server(db: str | None, host: str, port: int, policy: RetryPolicy, lea
     api_key = os.environ.get("DISPATCH_API_KEY") or keys.api_key
     signing = os.environ.get("DISPATCH_SIGNING_KEY") or keys.signing_key
     private = _signature.load_private_key(signing)
-    storage = open_storage(_database(db))
+    storage = open_storage(db or _local.database())
     await storage.migrate()  # an unusable database is a clear error, before serving
     orchestrator = Orchestrator(
         storage, signing_key=private, api_key=api_key, policy=policy, lease=lease

@@ -23,6 +23,15 @@ def directory() -> Path:
     return Path(os.environ.get("DISPATCH_DIR") or ".dispatch")
 
 
+def database() -> str:
+    """``DISPATCH_DATABASE_URL``, else ``dispatch.db`` in :func:`directory` (made if missing)."""
+    url = os.environ.get("DISPATCH_DATABASE_URL")
+    if url:
+        return url
+    directory().mkdir(parents=True, exist_ok=True)
+    return str(directory() / "dispatch.db")
+
+
 @dataclass(frozen=True)
 class LocalKeys:
     seal_key: bytes

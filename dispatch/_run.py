@@ -122,8 +122,7 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
     keys = _local.keys()
     seal_keys = list(settings.seal_keys) or [keys.seal_key]
     endpoint = Dispatch(verification_key=keys.verification_key, seal_keys=seal_keys)
-    database = os.environ.get("DISPATCH_DATABASE_URL")
-    storage = open_storage(database) if database else SQLiteStorage(str(directory / "dispatch.db"))
+    storage = open_storage(_local.database())
     # The orchestrator calls the endpoint in process: unsigned, as no request
     # crosses a network (the endpoint still verifies any that arrive over HTTP).
     orchestrator = Orchestrator(
@@ -173,7 +172,12 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
             # applications' calls too: this one runs its own, in process.
             engine.endpoints = {f"http://{host}:{_bound_port(server) or port}/dispatch"}
 
-    where = "PostgreSQL: DISPATCH_DATABASE_URL" if database else directory
+    if "DISPATCH_DATABASE_URL" not in os.environ:
+        where = str(directory)
+    elif isinstance(storage, SQLiteStorage):
+        where = storage.path
+    else:  # (not the URL itself: it may hold a password)
+        where = "PostgreSQL: DISPATCH_DATABASE_URL"
     _serve(server, init, on_started=announce, banner=f"embedded orchestrator ({where})")
 
 
