@@ -45,6 +45,7 @@ from ._storage import (
     CANCELLED,
     CANCELLED_ERROR,
     CallConflict,
+    CallQuery,
     CallRecord,
     CallSummary,
     Claimed,
@@ -58,7 +59,9 @@ from ._storage import (
     claimed,
     read_call,
     read_counts,
+    read_list,
     read_recent,
+    read_tree,
 )
 
 T = TypeVar("T")
@@ -72,7 +75,7 @@ MIGRATION_LOCK = 0x64697370  # "disp": the advisory lock migrations take
 # The hot operations are functions in the database: each is one statement,
 # so one round trip and a transaction that lasts as long as the server needs,
 # never as long as a busy event loop takes to send the next statement.
-# A change to a function is a new migration (CREATE OR REPLACE FUNCTION).
+# They are made again, as written here, whenever a migration runs.
 _FUNCTIONS = r"""
 -- Insert calls due now, from columns; how many were new (with existing_ok,
 -- an id that exists is skipped, else it fails the statement).
@@ -171,23 +174,37 @@ CREATE FUNCTION dispatch_cancel(roots text[], now float8, notify_parents boolean
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     ids text[];
+    resumed integer;
     cancelled record;
 BEGIN
     IF coalesce(cardinality(roots), 0) = 0 THEN
         RETURN 0;
     END IF;
+    -- A suspended coroutine (one with a snapshot) is resumed for its cleanup
+    -- (at once, or after the answer of the run in flight); the rest is done.
     WITH RECURSIVE tree(id) AS (
         SELECT id FROM calls WHERE id = ANY(roots)
         UNION SELECT calls.id FROM calls JOIN tree ON calls.parent_id = tree.id
     ), done AS (
         UPDATE calls SET state = 'done', status = {cancelled}, error = {cancelled_error},
-            finished_at = now, snapshot = NULL, lease_owner = NULL, outstanding = 0
+            finished_at = now, snapshot = NULL, frames = NULL, lease_owner = NULL,
+            outstanding = 0
+        FROM tree WHERE calls.id = tree.id AND calls.state != 'done' AND calls.snapshot IS NULL
+        RETURNING calls.id
+    ), cleanup AS (
+        UPDATE calls SET cancelled_at = coalesce(cancelled_at, now),
+            state = CASE WHEN state = 'running' THEN state ELSE 'pending' END,
+            due_at = CASE WHEN state = 'running' THEN due_at ELSE now END
         FROM tree WHERE calls.id = tree.id AND calls.state != 'done'
+            AND calls.snapshot IS NOT NULL
         RETURNING calls.id
     )
-    SELECT array_agg(id) INTO ids FROM done;
+    SELECT (SELECT array_agg(id) FROM done), (SELECT count(*) FROM cleanup) INTO ids, resumed;
+    IF resumed > 0 THEN
+        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+    END IF;
     IF ids IS NULL THEN
-        RETURN 0;
+        RETURN resumed;
     END IF;
     FOR cancelled IN
         SELECT id, parent_id FROM calls
@@ -203,7 +220,7 @@ BEGIN
             UPDATE calls SET outstanding = outstanding - 1 WHERE id = cancelled.parent_id;
         END IF;
     END LOOP;
-    RETURN cardinality(ids);
+    RETURN cardinality(ids) + resumed;
 END $$;
 
 CREATE FUNCTION dispatch_cancel_children(parent text, now float8)
@@ -222,7 +239,7 @@ CREATE FUNCTION dispatch_claim(
 ) RETURNS TABLE (
     id text, root_id text, parent_id text, function text, endpoint text, input bytea,
     snapshot bytea, attempt integer, runs integer, created_at float8, expires_at float8,
-    result_seqs bigint[], result_cids bigint[], result_children text[],
+    cancelled_at float8, result_seqs bigint[], result_cids bigint[], result_children text[],
     result_statuses integer[], result_outputs bytea[], result_errors bytea[]
 ) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -261,7 +278,7 @@ BEGIN
         RETURNING calls.*
     )
     SELECT c.id, c.root_id, c.parent_id, c.function, c.endpoint, c.input, c.snapshot,
-        c.attempt, c.runs, c.created_at, c.expires_at,
+        c.attempt, c.runs, c.created_at, c.expires_at, c.cancelled_at,
         r.seqs, r.cids, r.children, r.statuses, r.outputs, r.errors
     FROM claimed c LEFT JOIN LATERAL (
         SELECT array_agg(x.seq ORDER BY x.seq) AS seqs,
@@ -272,6 +289,7 @@ BEGIN
             array_agg(x.error ORDER BY x.seq) AS errors
         FROM (SELECT * FROM results
               WHERE results.parent_id = c.id AND NOT delivered AND c.snapshot IS NOT NULL
+                  AND c.cancelled_at IS NULL
               ORDER BY seq LIMIT coalesce(c.max_results, 1000)) x
     ) r ON true
     ORDER BY c.due_at;
@@ -289,6 +307,7 @@ CREATE FUNCTION dispatch_complete(
     new_snapshot bytea, min_wanted integer, max_wanted integer, wait_limit float8,
     cancel_cids bigint[], reported integer, duration float8, error_type text,
     error_message text, snapshot_size integer, delivered_seqs bigint[],
+    new_frames bytea, error_traceback text, cancelling boolean,
     c_ids text[], c_roots text[], c_parents text[], c_cids bigint[], c_functions text[],
     c_endpoints text[], c_inputs bytea[], c_expires float8[],
     d_ids text[], d_roots text[], d_parents text[], d_cids bigint[], d_functions text[],
@@ -297,37 +316,65 @@ CREATE FUNCTION dispatch_complete(
 #variable_conflict use_column
 DECLARE
     due_now boolean := false;
+    cancel_time float8;
 BEGIN
-    IF kind = 'finish' THEN
+    SELECT cancelled_at INTO cancel_time FROM calls
+    WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF cancel_time IS NOT NULL THEN
+        IF kind = 'suspend' AND NOT cancelling THEN
+            -- Cancelled while this run went on: resume it at once with the
+            -- cancellation, for its cleanup; the calls it asks for are moot.
+            UPDATE calls SET state = 'pending', due_at = now, snapshot = new_snapshot,
+                frames = new_frames, status = new_status, lease_owner = NULL, attempt = 0
+            WHERE id = call_id;
+            kind := 'cleanup';
+        ELSE
+            -- Its cleanup is over, or it was not suspended: done, cancelled.
+            kind := 'finish';
+            new_status := {cancelled};
+            new_output := NULL;
+            new_error := {cancelled_error};
+        END IF;
+    END IF;
+    IF kind = 'cleanup' THEN
+        NULL;
+    ELSIF kind = 'finish' THEN
         UPDATE calls SET state = 'done', status = new_status, output = new_output,
-            error = new_error, finished_at = now, snapshot = NULL, lease_owner = NULL
+            error = new_error, finished_at = now, snapshot = NULL, frames = NULL,
+            lease_owner = NULL
         WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
     ELSIF kind = 'retry' THEN
         UPDATE calls SET state = 'pending', due_at = due, status = new_status,
             error = new_error, lease_owner = NULL,
-            snapshot = CASE WHEN restart THEN NULL ELSE snapshot END,
+            snapshot = CASE WHEN restart THEN NULL ELSE snapshot END, frames = NULL,
             function = coalesce(tail_function, function), input = coalesce(tail_input, input),
             attempt = CASE WHEN tail_function IS NOT NULL THEN 0 ELSE attempt END
         WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
     ELSE
         -- The next run is a new step: its attempts count from one again.
-        UPDATE calls SET state = 'waiting', snapshot = new_snapshot,
+        UPDATE calls SET state = 'waiting', snapshot = new_snapshot, frames = new_frames,
             min_results = min_wanted, max_results = max_wanted, wait_until = wait_limit,
             status = new_status, lease_owner = NULL, attempt = 0,
             outstanding = outstanding + coalesce(cardinality(c_ids), 0)
         WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
     END IF;
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
     INSERT INTO attempts (call_id, number, attempt, started_at, finished_at, status,
-                          error_type, error_message, snapshot_size)
+                          error_type, error_message, snapshot_size, traceback)
     VALUES (call_id, run, attempt_number, now - duration, now, reported, error_type,
-            error_message, snapshot_size)
+            error_message, snapshot_size, error_traceback)
     ON CONFLICT (call_id, number) DO UPDATE SET attempt = EXCLUDED.attempt,
         started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
         status = EXCLUDED.status, error_type = EXCLUDED.error_type,
-        error_message = EXCLUDED.error_message, snapshot_size = EXCLUDED.snapshot_size;
+        error_message = EXCLUDED.error_message, snapshot_size = EXCLUDED.snapshot_size,
+        traceback = EXCLUDED.traceback;
+    IF kind = 'cleanup' THEN
+        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+        RETURN true;
+    END IF;
     IF kind <> 'retry' AND cardinality(delivered_seqs) > 0 THEN
         UPDATE results SET delivered = true WHERE seq = ANY(delivered_seqs);
         UPDATE calls SET undelivered = undelivered - cardinality(delivered_seqs)
@@ -367,7 +414,10 @@ BEGIN
             PERFORM dispatch_cancel_children(call_id, now);
         END IF;
         IF parent IS NOT NULL
-           AND dispatch_deliver(call_id, parent, new_status, new_output, new_error, now) THEN
+           AND dispatch_deliver(call_id, parent,
+                                CASE WHEN new_status = {cancelled} THEN {permanent_error}
+                                     ELSE new_status END,
+                                new_output, new_error, now) THEN
             due_now := true;
         END IF;
     END IF;
@@ -380,7 +430,7 @@ END $$;
 
 MIGRATIONS = [
     # 1: calls, the results waiting for their parents, every attempt (the
-    # same model as the SQLite backend's schema), and the functions above.
+    # same model as the SQLite backend's schema).
     """
     CREATE TABLE calls (
         id text PRIMARY KEY,
@@ -438,11 +488,27 @@ MIGRATIONS = [
         snapshot_size integer,
         PRIMARY KEY (call_id, number)
     );
+    """,
+    # 2: cancellation with cleanup, where suspended coroutines wait, each
+    # attempt's traceback, and the indexes the calls list filters on.
     """
+    ALTER TABLE calls ADD COLUMN cancelled_at double precision;
+    ALTER TABLE calls ADD COLUMN frames bytea;
+    ALTER TABLE attempts ADD COLUMN traceback text;
+    CREATE INDEX calls_created ON calls (created_at);
+    CREATE INDEX calls_function ON calls (function, created_at);
+    CREATE INDEX calls_status ON calls (status, created_at);
+    """,
+]
+
+FUNCTIONS = (
+    "DROP FUNCTION IF EXISTS dispatch_complete, dispatch_claim, dispatch_cancel_children, "
+    "dispatch_cancel, dispatch_deliver, dispatch_wake, dispatch_create, dispatch_insert;"
     + _FUNCTIONS.replace("{cancelled}", str(CANCELLED))
     .replace("{permanent_error}", str(Status.PERMANENT_ERROR.value))
     .replace("{cancelled_error}", f"'\\x{CANCELLED_ERROR.hex()}'::bytea")
-]
+)
+"""The functions, made again (dropped first) after any migration."""
 
 _ARRAYS = (
     "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
@@ -456,7 +522,7 @@ _SENDER = "SELECT set_config('dispatch.sender', %s, false)"
 _CLAIM = "SELECT * FROM dispatch_claim(%s, %s, %s, %s, %s, %s)"
 
 _COMPLETE = (
-    "SELECT dispatch_complete(" + ", ".join(["%s"] * 25) + ", " + _ARRAYS + ", " + _ARRAYS + ")"
+    "SELECT dispatch_complete(" + ", ".join(["%s"] * 28) + ", " + _ARRAYS + ", " + _ARRAYS + ")"
 )
 
 # complete, then claim in the same statement (one transaction): the claim's
@@ -573,6 +639,8 @@ class PostgresStorage:
                 )
             for script in MIGRATIONS[version:]:
                 await db.execute(script.encode())
+            if version < len(MIGRATIONS):
+                await db.execute(FUNCTIONS.encode())
             if row is None:
                 await db.execute("INSERT INTO schema_version VALUES (%s)", (len(MIGRATIONS),))
             else:
@@ -779,6 +847,12 @@ class PostgresStorage:
     async def recent(self, limit: int) -> list[CallSummary]:
         return await read_recent(self._fetch, "%s", limit)
 
+    async def list_calls(self, query: CallQuery) -> list[CallSummary]:
+        return await read_list(self._fetch, "%s", query)
+
+    async def tree(self, call_id: str, limit: int) -> list[CallSummary]:
+        return await read_tree(self._fetch, "%s", call_id, limit)
+
 
 @contextlib.contextmanager
 def _conflicts() -> Iterator[None]:
@@ -817,6 +891,7 @@ def _completion(completion: Completion) -> tuple[Any, ...]:
     kind, status, output, error = "suspend", completion.status, None, None
     due, restart, tail_function, tail_input = None, False, None, None
     snapshot, min_results, max_results, wait_until = None, None, None, None
+    frames = None
     children: tuple[NewCall, ...] = ()
     cancel: list[int] = []
     if isinstance(transition, Finish):
@@ -830,6 +905,7 @@ def _completion(completion: Completion) -> tuple[Any, ...]:
         snapshot, min_results = transition.snapshot, transition.min_results
         max_results, wait_until = transition.max_results, transition.wait_until
         children, cancel = transition.children, list(transition.cancel)
+        frames = transition.frames
     return (
         call.id,
         completion.owner,
@@ -856,6 +932,9 @@ def _completion(completion: Completion) -> tuple[Any, ...]:
         completion.error_message,
         completion.snapshot_size,
         [result.seq for result in call.results],
+        frames,
+        completion.traceback,
+        call.cancelling,
         *_columns(children),
         *_columns(completion.dispatched),
     )
@@ -863,16 +942,16 @@ def _completion(completion: Completion) -> tuple[Any, ...]:
 
 def _claimed(row: Sequence[Any]) -> Claimed:
     """A claimed call from a row of ``dispatch_claim``, the results of a resume in arrays."""
-    seqs = row[11] or ()
+    seqs = row[12] or ()
     results = tuple(
         Result(*result)
         for result in zip(
             seqs,
-            row[12] or (),
             row[13] or (),
             row[14] or (),
             row[15] or (),
             row[16] or (),
+            row[17] or (),
             strict=True,
         )
     )

@@ -22,6 +22,7 @@ from ._storage import (
     CANCELLED,
     CANCELLED_ERROR,
     CallConflict,
+    CallQuery,
     CallRecord,
     CallSummary,
     Claimed,
@@ -35,7 +36,9 @@ from ._storage import (
     claimed,
     read_call,
     read_counts,
+    read_list,
     read_recent,
+    read_tree,
 )
 
 MIGRATIONS = [
@@ -142,11 +145,21 @@ MIGRATIONS = [
     ALTER TABLE results_3 RENAME TO results;
     CREATE INDEX results_undelivered ON results (parent_id, seq) WHERE delivered = 0;
     """,
+    # 4: cancellation with cleanup, where suspended coroutines wait, each
+    # attempt's traceback, and the indexes the calls list filters on.
+    """
+    ALTER TABLE calls ADD COLUMN cancelled_at REAL;
+    ALTER TABLE calls ADD COLUMN frames BLOB;
+    ALTER TABLE attempts ADD COLUMN traceback TEXT;
+    CREATE INDEX calls_created ON calls (created_at);
+    CREATE INDEX calls_function ON calls (function, created_at);
+    CREATE INDEX calls_status ON calls (status, created_at);
+    """,
 ]
 
 _CLAIMED = (
     "id, root_id, parent_id, function, endpoint, input, snapshot, attempt, runs, created_at, "
-    "expires_at, max_results"
+    "expires_at, cancelled_at, max_results"
 )
 
 
@@ -333,6 +346,12 @@ class SQLiteStorage:
     async def recent(self, limit: int) -> list[CallSummary]:
         return await read_recent(self._fetch, "?", limit)
 
+    async def list_calls(self, query: CallQuery) -> list[CallSummary]:
+        return await read_list(self._fetch, "?", query)
+
+    async def tree(self, call_id: str, limit: int) -> list[CallSummary]:
+        return await read_tree(self._fetch, "?", call_id, limit)
+
     async def _fetch(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
         return self._query(sql, parameters)
 
@@ -356,14 +375,14 @@ def _claim(
     calls = []
     for row in rows:
         results: tuple[Result, ...] = ()
-        if row[6] is not None:  # a resume: deliver what arrived
+        if row[6] is not None and row[11] is None:  # a resume: deliver what arrived
             results = tuple(
                 Result(*result)
                 for result in db.execute(
                     "SELECT seq, correlation_id, child_id, status, output, error "
                     "FROM results WHERE parent_id = ? AND delivered = 0 "
                     "ORDER BY seq LIMIT ?",
-                    (row[0], row[11] or 1000),
+                    (row[0], row[12] or 1000),
                 )
             )
         calls.append(claimed(row, results))
@@ -374,10 +393,26 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
     call, now, transition = completion.call, completion.now, completion.transition
     guard = (call.id, completion.owner, call.run)
     guarded = "WHERE id = ? AND state = 'running' AND lease_owner = ? AND runs = ?"
+    row = db.execute("SELECT cancelled_at FROM calls " + guarded, guard).fetchone()
+    if row is None:
+        return False
+    if row[0] is not None:
+        if isinstance(transition, Suspend) and not call.cancelling:
+            # Cancelled while this run went on: resume it at once with the
+            # cancellation, for its cleanup; the calls it asks for are moot.
+            db.execute(
+                "UPDATE calls SET state = 'pending', due_at = ?, snapshot = ?, frames = ?, "
+                "status = ?, lease_owner = NULL, attempt = 0 " + guarded,
+                (now, transition.snapshot, transition.frames, completion.status, *guard),
+            )
+            _record_attempt(db, completion)
+            return True
+        # Its cleanup is over, or it was not suspended: it is done, cancelled.
+        transition = Finish(CANCELLED, error=CANCELLED_ERROR)
     if isinstance(transition, Finish):
         updated = db.execute(
             "UPDATE calls SET state = 'done', status = ?, output = ?, error = ?, "
-            "finished_at = ?, snapshot = NULL, lease_owner = NULL " + guarded,
+            "finished_at = ?, snapshot = NULL, frames = NULL, lease_owner = NULL " + guarded,
             (transition.status, transition.output, transition.error, now, *guard),
         ).rowcount
     elif isinstance(transition, Retry):
@@ -385,6 +420,7 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
         updated = db.execute(
             "UPDATE calls SET state = 'pending', due_at = ?, status = ?, error = ?, "
             "lease_owner = NULL, snapshot = CASE WHEN ? THEN NULL ELSE snapshot END, "
+            "frames = NULL, "
             "function = COALESCE(?, function), input = COALESCE(?, input), "
             "attempt = CASE WHEN ? THEN 0 ELSE attempt END " + guarded,
             (
@@ -401,11 +437,12 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
     else:
         # The next run is a new step: its attempts count from one again.
         updated = db.execute(
-            "UPDATE calls SET state = 'waiting', snapshot = ?, min_results = ?, "
+            "UPDATE calls SET state = 'waiting', snapshot = ?, frames = ?, min_results = ?, "
             "max_results = ?, wait_until = ?, status = ?, lease_owner = NULL, "
             "attempt = 0 " + guarded,
             (
                 transition.snapshot,
+                transition.frames,
                 transition.min_results,
                 transition.max_results,
                 transition.wait_until,
@@ -415,22 +452,7 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
         ).rowcount
     if not updated:
         return False
-    db.execute(
-        "INSERT OR REPLACE INTO attempts (call_id, number, attempt, started_at, "
-        "finished_at, status, error_type, error_message, snapshot_size) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            call.id,
-            call.run,
-            call.attempt,
-            now - completion.duration,
-            now,
-            completion.status,
-            completion.error_type,
-            completion.error_message,
-            completion.snapshot_size,
-        ),
-    )
+    _record_attempt(db, completion)
     if not isinstance(transition, Retry) and call.results:
         db.executemany(
             "UPDATE results SET delivered = 1 WHERE seq = ?",
@@ -475,12 +497,33 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
                 db,
                 call.id,
                 call.parent_id,
-                transition.status,
+                Status.PERMANENT_ERROR.value if transition.status == CANCELLED else transition.status,
                 transition.output,
                 transition.error,
                 now,
             )
     return True
+
+
+def _record_attempt(db: sqlite3.Connection, completion: Completion) -> None:
+    call, now = completion.call, completion.now
+    db.execute(
+        "INSERT OR REPLACE INTO attempts (call_id, number, attempt, started_at, "
+        "finished_at, status, error_type, error_message, snapshot_size, traceback) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            call.id,
+            call.run,
+            call.attempt,
+            now - completion.duration,
+            now,
+            completion.status,
+            completion.error_type,
+            completion.error_message,
+            completion.snapshot_size,
+            completion.traceback,
+        ),
+    )
 
 
 def _insert(
@@ -559,30 +602,38 @@ def _cancel_children(db: sqlite3.Connection, call_id: str, now: float) -> None:
 def _cancel_trees(
     db: sqlite3.Connection, roots: Sequence[str], now: float, *, notify_parents: bool
 ) -> int:
-    """Cancel calls and their descendants that are not done. With
-    ``notify_parents``, a cancelled call's parent that is not itself being
-    cancelled receives a "cancelled" error as the call's result."""
+    """Cancel calls and their descendants that are not done; how many. A
+    suspended coroutine (one with a snapshot) is resumed for its cleanup
+    (at once, or after the answer of the run in flight), the others are done
+    at once. With ``notify_parents``, a call done at once whose parent is
+    not itself being cancelled gives the parent a "cancelled" error as its
+    result (a coroutine's cleanup gives it when it ends)."""
     if not roots:
         return 0
     marks = ",".join("?" * len(roots))
-    ids = [
-        row[0]
-        for row in db.execute(
-            f"WITH RECURSIVE tree(id) AS (SELECT id FROM calls WHERE id IN ({marks}) "
-            f"UNION SELECT calls.id FROM calls JOIN tree ON calls.parent_id = tree.id) "
-            f"SELECT calls.id FROM calls JOIN tree USING (id) WHERE calls.state != 'done'",
-            tuple(roots),
-        )
-    ]
-    if not ids:
+    rows = db.execute(
+        f"WITH RECURSIVE tree(id) AS (SELECT id FROM calls WHERE id IN ({marks}) "
+        f"UNION SELECT calls.id FROM calls JOIN tree ON calls.parent_id = tree.id) "
+        f"SELECT calls.id, calls.state, calls.snapshot IS NOT NULL "
+        f"FROM calls JOIN tree USING (id) WHERE calls.state != 'done'",
+        tuple(roots),
+    ).fetchall()
+    if not rows:
         return 0
     error = CANCELLED_ERROR
+    done = [call_id for call_id, _, suspended in rows if not suspended]
     db.executemany(
         "UPDATE calls SET state = 'done', status = ?, error = ?, finished_at = ?, "
-        "snapshot = NULL, lease_owner = NULL, outstanding = 0 WHERE id = ?",
-        [(CANCELLED, error, now, call_id) for call_id in ids],
+        "snapshot = NULL, frames = NULL, lease_owner = NULL, outstanding = 0 WHERE id = ?",
+        [(CANCELLED, error, now, call_id) for call_id in done],
     )
-    cancelled = set(ids)
+    db.executemany(
+        "UPDATE calls SET cancelled_at = COALESCE(cancelled_at, ?), "
+        "state = CASE WHEN state = 'running' THEN state ELSE 'pending' END, "
+        "due_at = CASE WHEN state = 'running' THEN due_at ELSE ? END WHERE id = ?",
+        [(now, now, call_id) for call_id, _, suspended in rows if suspended],
+    )
+    cancelled = set(done)
     for call_id in roots:
         row = db.execute("SELECT parent_id FROM calls WHERE id = ?", (call_id,)).fetchone()
         parent = row[0] if row else None
@@ -592,4 +643,4 @@ def _cancel_trees(
             _deliver(db, call_id, parent, Status.PERMANENT_ERROR.value, None, error, now)
         else:
             db.execute("UPDATE calls SET outstanding = outstanding - 1 WHERE id = ?", (parent,))
-    return len(ids)
+    return len(rows)

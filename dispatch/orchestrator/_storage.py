@@ -86,12 +86,15 @@ class Claimed:
     expires_at: float | None
     results: tuple[Result, ...] = ()
     """For a resume: results to deliver (at most the poll's max_results)."""
+    cancelling: bool = False
+    """The call was cancelled while suspended: resume it once more, with a
+    cancellation at its awaits, so that its cleanup runs."""
 
 
 def claimed(row: Sequence[Any], results: tuple[Result, ...] = ()) -> Claimed:
     """A :class:`Claimed` from a claim's row, whose columns begin with id,
     root_id, parent_id, function, endpoint, input, snapshot, attempt, runs,
-    created_at and expires_at."""
+    created_at, expires_at and cancelled_at."""
     return Claimed(
         id=row[0],
         root_id=row[1],
@@ -105,6 +108,7 @@ def claimed(row: Sequence[Any], results: tuple[Result, ...] = ()) -> Claimed:
         created_at=row[9],
         expires_at=row[10],
         results=results,
+        cancelling=row[11] is not None and row[6] is not None,
     )
 
 
@@ -141,6 +145,8 @@ class Suspend:
     children: tuple[NewCall, ...] = ()
     cancel: tuple[int, ...] = ()
     """Correlation ids of this call's children to cancel."""
+    frames: bytes | None = None
+    """Where it waits: the endpoint's msgpack description of its frames."""
 
 
 Transition = Finish | Retry | Suspend
@@ -159,6 +165,7 @@ class Completion:
     """The status the endpoint (or the transport) reported for this attempt."""
     error_type: str | None = None
     error_message: str | None = None
+    traceback: str | None = None
     snapshot_size: int | None = None
     dispatched: tuple[NewCall, ...] = ()
     """Independent calls the function dispatched while running."""
@@ -176,6 +183,7 @@ class AttemptRecord:
     error_type: str | None
     error_message: str | None
     snapshot_size: int | None
+    traceback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +218,31 @@ class CallRecord:
     input: bytes | None
     output: bytes | None
     error: bytes | None
+    cancelled_at: float | None = None
+    """When it was cancelled (a suspended coroutine then runs its cleanup)."""
+    frames: bytes | None = None
+    """Where it waits, as its endpoint last described it (msgpack), while suspended."""
     attempts: tuple[AttemptRecord, ...] = field(default=())
     children: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class CallQuery:
+    """Which calls to list (all the filters given hold), newest first."""
+
+    state: str | None = None
+    status: int | str | None = None
+    """Done with this status value, or ``"failed"``: done and not OK."""
+    function: str | None = None
+    root_id: str | None = None
+    roots_only: bool = False
+    since: float | None = None
+    """Created at or after (Unix seconds)."""
+    until: float | None = None
+    """Created before."""
+    before: tuple[float, str] | None = None
+    """The (created_at, id) of the last call of the previous page."""
+    limit: int = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +323,21 @@ class Storage(Protocol):
         """What is due at ``now``, and when the next call becomes due."""
 
     async def cancel(self, call_id: str, now: float) -> int:
-        """Cancel a call and its descendants that are not done; how many."""
+        """Cancel a call and its descendants that are not done; how many.
+
+        A cancelled call is done at once, its result "cancelled", unless it
+        is a durable coroutine that has suspended: that one is resumed once
+        more (at once if it waits, after its answer if it is running) with a
+        cancellation at its awaits, so that its cleanup runs, and is then
+        done, cancelled, whatever it answers."""
 
     async def get(self, call_id: str) -> CallRecord | None: ...
+
+    async def list_calls(self, query: CallQuery) -> list[CallSummary]:
+        """Calls matching ``query``, newest first, at most ``query.limit``."""
+
+    async def tree(self, call_id: str, limit: int) -> list[CallSummary]:
+        """The call and its descendants (at most ``limit``), oldest first."""
 
     async def counts(self) -> dict[str, int]:
         """How many calls are in each state."""
@@ -321,6 +364,12 @@ _RECORD = (
     "input",
     "output",
     "error",
+    "cancelled_at",
+    "frames",
+)
+
+_SUMMARY = (
+    "id, root_id, parent_id, function, state, status, attempt, created_at, finished_at"
 )
 
 
@@ -331,7 +380,7 @@ async def read_call(fetch: Fetch, mark: str, call_id: str) -> CallRecord | None:
         return None
     attempts = await fetch(
         "SELECT number, attempt, started_at, finished_at, status, error_type, error_message, "
-        f"snapshot_size FROM attempts WHERE call_id = {mark} ORDER BY number",
+        f"snapshot_size, traceback FROM attempts WHERE call_id = {mark} ORDER BY number",
         (call_id,),
     )
     children = await fetch(
@@ -362,5 +411,54 @@ async def read_recent(fetch: Fetch, mark: str, limit: int) -> list[CallSummary]:
         f"ORDER BY created_at DESC LIMIT {mark}) roots ON c.root_id = roots.id "
         f"ORDER BY roots.created_at DESC, c.created_at LIMIT {mark}",
         (limit, limit),
+    )
+    return [CallSummary(*row) for row in rows]
+
+
+async def read_list(fetch: Fetch, mark: str, query: CallQuery) -> list[CallSummary]:
+    """:meth:`Storage.list_calls`: pages by (created_at, id), on the indexes of
+    created_at, (function, created_at) and (status, created_at)."""
+    where: list[str] = []
+    parameters: list[Any] = []
+
+    def condition(sql: str, *values: Any) -> None:
+        where.append(sql.replace("?", mark))
+        parameters.extend(values)
+
+    if query.state is not None:
+        condition("state = ?", query.state)
+    if query.status == "failed":
+        condition("state = 'done' AND status != ?", Status.OK.value)
+    elif query.status is not None:
+        condition("status = ? AND state = 'done'", query.status)
+    if query.function is not None:
+        condition("function = ?", query.function)
+    if query.root_id is not None:
+        condition("root_id = ?", query.root_id)
+    if query.roots_only:
+        condition("parent_id IS NULL")
+    if query.since is not None:
+        condition("created_at >= ?", query.since)
+    if query.until is not None:
+        condition("created_at < ?", query.until)
+    if query.before is not None:
+        created_at, call_id = query.before
+        condition("(created_at < ? OR (created_at = ? AND id < ?))", created_at, created_at, call_id)
+    sql = f"SELECT {_SUMMARY} FROM calls"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY created_at DESC, id DESC LIMIT {mark}"
+    rows = await fetch(sql, (*parameters, query.limit))
+    return [CallSummary(*row) for row in rows]
+
+
+async def read_tree(fetch: Fetch, mark: str, call_id: str, limit: int) -> list[CallSummary]:
+    """:meth:`Storage.tree`."""
+    rows = await fetch(
+        f"WITH RECURSIVE tree(id) AS (SELECT id FROM calls WHERE id = {mark} "
+        "UNION ALL SELECT calls.id FROM calls JOIN tree ON calls.parent_id = tree.id) "
+        f"SELECT {', '.join('calls.' + c.strip() for c in _SUMMARY.split(','))} "
+        f"FROM calls JOIN tree USING (id) ORDER BY calls.created_at, calls.id LIMIT {mark}",
+        (call_id, limit),
     )
     return [CallSummary(*row) for row in rows]

@@ -30,6 +30,7 @@ from dispatch.orchestrator._engine import new_id
 from dispatch.orchestrator._storage import (
     DONE,
     AttemptRecord,
+    CallQuery,
     CallSummary,
     Claimed,
     Completion,
@@ -114,6 +115,12 @@ class RecordingStorage:
 
     async def recent(self, limit: int) -> list[CallSummary]:
         return await self.inner.recent(limit)
+
+    async def list_calls(self, query: CallQuery) -> list[CallSummary]:
+        return await self.inner.list_calls(query)
+
+    async def tree(self, call_id: str, limit: int) -> list[CallSummary]:
+        return await self.inner.tree(call_id, limit)
 
     def of(self, call_id: str) -> list[Completion]:
         return [c for c in self.completions if c.call.id == call_id]

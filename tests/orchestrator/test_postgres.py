@@ -26,7 +26,7 @@ from postgres_server import postgres_database, postgres_schema
 
 from dispatch import Status
 from dispatch.orchestrator import DatabaseUnavailable, open_storage
-from dispatch.orchestrator._postgres import PostgresStorage
+from dispatch.orchestrator._postgres import MIGRATIONS, PostgresStorage
 from dispatch.orchestrator._storage import Claimed, Completion, Finish, NewCall, Suspend
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,8 +88,27 @@ def test_migrations_are_safe_when_processes_start_at_once(database: str) -> None
         tables = connection.execute(
             "SELECT count(*) FROM pg_tables WHERE tablename IN ('calls', 'results', 'attempts')"
         ).fetchone()
-    assert versions == [(1,)]
+    assert versions == [(len(MIGRATIONS),)]
     assert tables == (3,)
+
+
+async def test_a_database_of_an_older_version_is_upgraded(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(MIGRATIONS[0].encode())
+        connection.execute("CREATE TABLE schema_version (version integer NOT NULL)")
+        connection.execute("INSERT INTO schema_version VALUES (1)")
+        connection.execute(
+            "INSERT INTO calls (id, root_id, function, endpoint, state, due_at, created_at) "
+            "VALUES ('old', 'old', 'f', 'http://a.test', 'pending', 0, 0)"
+        )
+    storage = PostgresStorage(url)
+    try:
+        await storage.migrate()
+        [claimed] = await storage.claim("me", None, 10, time.time(), 60.0)
+        assert claimed.id == "old" and not claimed.cancelling
+        assert await storage.cancel("old", time.time()) == 1
+    finally:
+        await storage.close()
 
 
 async def test_processes_claiming_at_once_never_claim_a_call_twice(url: str) -> None:

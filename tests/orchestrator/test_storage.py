@@ -23,6 +23,7 @@ from dispatch.orchestrator._storage import (
     RUNNING,
     WAITING,
     AttemptRecord,
+    CallQuery,
     CallRecord,
     Claimed,
     Completion,
@@ -495,10 +496,18 @@ async def test_finish_cancels_outstanding_children(storage: Storage) -> None:
     now_running = await claim(storage, T + 3)
     assert set(now_running) == {"p", "g"}
     await finish(storage, now_running["p"], T + 4, b"first wins")
-    for call_id in (ids[1], ids[2], "g"):
+    for call_id in (ids[2], "g"):
         record = await storage.get(call_id)
         assert record is not None
         assert (record.state, record.status, record.finished_at) == (DONE, CANCELLED, T + 4)
+    # The suspended child is resumed once more, with the cancellation, for its
+    # cleanup; whatever it answers, it is then done, cancelled.
+    cleanup = await claim_one(storage, ids[1], T + 4)
+    assert cleanup.cancelling and cleanup.snapshot == b"snapshot" and cleanup.results == ()
+    await finish(storage, cleanup, T + 4.5, b"cleaned up")
+    record = await storage.get(ids[1])
+    assert record is not None
+    assert (record.state, record.status, record.output) == (DONE, CANCELLED, None)
     first = await storage.get(ids[0])
     assert first is not None and (first.status, first.output) == (
         OK,
@@ -888,6 +897,13 @@ async def test_cancel_cancels_the_subtree(storage: Storage) -> None:
     )
     await storage.create([new("bystander")], T)
     assert await storage.cancel("p", T + 9) == 4  # p, p.2, g and p.3; p.1 was done
+    # The suspended coroutines (p, p.2) are resumed for their cleanup first.
+    cleanups = await claim(storage, T + 9, endpoint=EP, limit=10)
+    assert set(cleanups) == {"p", ids[1], "bystander"}
+    assert cleanups["p"].cancelling and cleanups[ids[1]].cancelling
+    assert not cleanups["bystander"].cancelling
+    for call_id in ("p", ids[1]):
+        await finish(storage, cleanups[call_id], T + 9)
     for call_id in ("p", ids[1], ids[2], "g"):
         record = await storage.get(call_id)
         assert record is not None
@@ -902,7 +918,7 @@ async def test_cancel_cancels_the_subtree(storage: Storage) -> None:
         f"output of {ids[0]}".encode(),
         T + 2,
     )
-    assert await state(storage, "bystander") == PENDING
+    assert await state(storage, "bystander") == RUNNING
     assert await storage.cancel("p", T + 10) == 0
     assert not await storage.complete(completion(claimed[ids[2]], Finish(OK), T + 11))
 
@@ -941,6 +957,106 @@ async def test_cancel_of_a_pending_and_of_a_running_call(storage: Storage) -> No
     assert await storage.counts() == {PENDING: 0, RUNNING: 0, WAITING: 0, DONE: 2}
     assert await next_due(storage) is None
     assert await claim(storage, T + 2) == {}
+
+
+async def test_cancel_of_a_running_resume_waits_for_its_answer(storage: Storage) -> None:
+    [child] = await waiting_parent(storage, 1)
+    await suspend(
+        storage,
+        await claim_one(storage, child, T + 1),
+        T + 1,
+        spawn=(new("g", parent=child, root="p", cid=1),),
+    )
+    await finish(storage, await claim_one(storage, "g", T + 2), T + 2)
+    resumed = await claim_one(storage, child, T + 3)
+    assert not resumed.cancelling
+    assert await storage.cancel(child, T + 4) == 1
+    assert await state(storage, child) == RUNNING
+    # Its answer (it waits on more) comes back: it is resumed with the cancellation.
+    await suspend(
+        storage, resumed, T + 5, spawn=(new("h", parent=child, root="p", cid=2),), snapshot=b"later"
+    )
+    assert await storage.get("h") is None  # the calls it asked for are not made
+    cleanup = await claim_one(storage, child, T + 5)
+    assert cleanup.cancelling and cleanup.snapshot == b"later"
+    # An endpoint that suspends again all the same (one that knows no
+    # cancellation) does not keep it alive.
+    await suspend(storage, cleanup, T + 6)
+    record = await storage.get(child)
+    assert record is not None and (record.state, record.status) == (DONE, CANCELLED)
+    # Its parent gets the cancellation as the call's result.
+    parent = await claim_one(storage, "p", T + 7)
+    [result] = parent.results
+    assert result.error is not None
+    assert _wire.Error.from_msgpack(result.error).type == "dispatch.Cancelled"
+
+
+async def test_frames_and_tracebacks_are_kept(storage: Storage) -> None:
+    await storage.create([new("a")], T)
+    transition = Suspend(
+        snapshot=b"s", min_results=1, max_results=1, wait_until=T + 5, frames=b"where"
+    )
+    assert await storage.complete(completion(await claim_one(storage, "a", T), transition, T))
+    record = await storage.get("a")
+    assert record is not None and record.frames == b"where"
+    failed = Completion(
+        call=await claim_one(storage, "a", T + 5),
+        owner=OWNER,
+        transition=Finish(Status.PERMANENT_ERROR.value, error=b"e"),
+        now=T + 6,
+        duration=1.0,
+        status=Status.PERMANENT_ERROR.value,
+        error_type="ValueError",
+        error_message="bad",
+        traceback="Traceback (most recent call last): ...",
+    )
+    assert await storage.complete(failed)
+    record = await storage.get("a")
+    assert record is not None and record.frames is None
+    assert [a.traceback for a in record.attempts] == [
+        None,
+        "Traceback (most recent call last): ...",
+    ]
+
+
+async def test_list_calls_filters_and_pages(storage: Storage) -> None:
+    ids = await waiting_parent(storage, 2)  # "p" created at T, its children at T + 1
+    await storage.create(
+        [new(f"r{i}", function="even" if i % 2 == 0 else "odd") for i in range(3)], T
+    )
+    await storage.create([new("late", function="odd")], T + 10)
+    summaries = await storage.list_calls(CallQuery(limit=100))
+    assert [c.id for c in summaries][:1] == ["late"]
+    assert len(summaries) == 7
+    # Pages: newest first, by (created_at, id), without gaps or repeats.
+    seen: list[str] = []
+    before = None
+    while True:
+        page = await storage.list_calls(CallQuery(limit=2, before=before))
+        if not page:
+            break
+        seen += [c.id for c in page]
+        before = (page[-1].created_at, page[-1].id)
+    assert seen == [c.id for c in summaries]
+    assert {c.id for c in await storage.list_calls(CallQuery(function="odd"))} == {"r1", "late"}
+    assert {c.id for c in await storage.list_calls(CallQuery(state=WAITING))} == {"p"}
+    assert {c.id for c in await storage.list_calls(CallQuery(since=T + 0.5, until=T + 5))} == set(
+        ids
+    )
+    assert {c.id for c in await storage.list_calls(CallQuery(root_id="p"))} == {"p", *ids}
+    roots = await storage.list_calls(CallQuery(roots_only=True, limit=100))
+    assert {c.id for c in roots} == {"r0", "r1", "r2", "late", "p"}
+    claimed = await claim(storage, T + 20)
+    await storage.complete(
+        completion(claimed["r0"], Finish(Status.PERMANENT_ERROR.value, error=b"e"), T + 21)
+    )
+    await finish(storage, claimed["r1"], T + 21)
+    assert [c.id for c in await storage.list_calls(CallQuery(status="failed"))] == ["r0"]
+    assert [c.id for c in await storage.list_calls(CallQuery(status=OK))] == ["r1"]
+    tree = await storage.tree("p", 100)
+    assert [c.id for c in tree] == ["p", *ids]
+    assert [c.parent_id for c in tree] == [None, "p", "p"]
+    assert await storage.tree("nobody", 100) == []
 
 
 # --- reading ---------------------------------------------------------------------------------
