@@ -12,7 +12,7 @@ from ._combinators import all_ as all  # noqa: A004 - the public API names them 
 from ._combinators import any_ as any  # noqa: A004
 from ._combinators import gather, race
 from ._endpoint import Dispatch
-from ._errors import CallError, ClientError, DispatchError
+from ._errors import CallError, Cancelled, ClientError, DispatchError
 from ._function import Batch, Call, DispatchID, Function, default_registry, function
 from ._run import run
 from ._status import Status, register_error_type, register_output_type
@@ -26,6 +26,7 @@ def batch() -> Batch:
 __all__ = [
     "Call",
     "CallError",
+    "Cancelled",
     "Client",
     "ClientError",
     "Dispatch",

@@ -28,7 +28,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import _local, _signature
+from . import _calls_cli, _local, _logging, _signature
 from ._run import Server
 from ._status import Status
 from .orchestrator import (
@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "(default: $DISPATCH_DATABASE_URL, else .dispatch/dispatch.db)",
     )
     server.add_argument("--host", default="127.0.0.1")
-    server.add_argument("--port", type=int, default=4001)
+    server.add_argument("--port", type=int, default=_local.DEFAULT_PORT)
     defaults = RetryPolicy()
     server.add_argument(
         "--max-attempts",
@@ -86,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="print, for a shell, the variables an application needs to use the "
         "orchestrators that share this directory's keys (.dispatch/keys.json)",
     )
+    _calls_cli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "calls":
+        sys.exit(_calls_cli.main(args))
     if args.command == "env":
         keys = _local.keys()
         print(f"export DISPATCH_API_KEY={shlex.quote(keys.api_key)}")
@@ -177,9 +180,7 @@ def _config(app: Any, host: str, port: int) -> Any:
 
 async def _run(command: list[str], db: str | None, table: bool) -> int:
     console = Console(stderr=False)
-    handler = _Prefixed(console)
-    logging.getLogger("dispatch").addHandler(handler)
-    logging.getLogger("dispatch").setLevel(logging.INFO)
+    handler = _logging.configure(sys.stderr, text_format="%(message)s", handler=_Prefixed(console))
     keys = _local.keys()
     storage = open_storage(db or _local.database())
     await storage.migrate()  # an unusable database is a clear error, before anything runs
@@ -190,6 +191,13 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
     )
     api_port, app_port = _free_port(), _free_port()
     server = await _serve(orchestrator, "127.0.0.1", api_port)
+    url = _local.announce("127.0.0.1", api_port)
+    logger.info(
+        "serving on %s, dashboard on %s/dashboard/ (its API key: dispatch env); "
+        "dispatch calls list shows the calls",
+        url,
+        url,
+    )
     env = {
         **os.environ,
         "DISPATCH_API_URL": f"http://127.0.0.1:{api_port}",
@@ -199,6 +207,8 @@ async def _run(command: list[str], db: str | None, table: bool) -> int:
         "DISPATCH_VERIFICATION_KEY": keys.verification_key,
         "DISPATCH_SEAL_KEY": keys.seal_key_text(),
         "PYTHONUNBUFFERED": "1",
+        # The command's log lines in the format of ours (its stderr is a pipe to us).
+        "DISPATCH_LOG_FORMAT": _logging.log_format(sys.stderr),
     }
     try:
         # In a session of its own: a Ctrl-C at the terminal reaches only this
@@ -292,7 +302,8 @@ def _table(calls: list[CallSummary]) -> Table:
 
 
 async def _server(db: str | None, host: str, port: int, policy: RetryPolicy, lease: float) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # On the root logger, as logging.basicConfig did: other libraries' lines too.
+    _logging.configure(sys.stderr, text_format="%(asctime)s %(name)s %(message)s", logger="")
     keys = _local.keys()
     api_key = os.environ.get("DISPATCH_API_KEY") or keys.api_key
     signing = os.environ.get("DISPATCH_SIGNING_KEY") or keys.signing_key
@@ -304,9 +315,10 @@ async def _server(db: str | None, host: str, port: int, policy: RetryPolicy, lea
     )
     server = Server(_config(orchestrator, host, port))
     public = _signature.public_key_text(private)
+    url = _local.announce(host, port)
     print(
-        f"dispatch: orchestrator on http://{host}:{port}; endpoints verify its requests with "
-        f"DISPATCH_VERIFICATION_KEY={public}",
+        f"dispatch: orchestrator on http://{host}:{port} (dashboard: {url}/dashboard/); "
+        f"endpoints verify its requests with DISPATCH_VERIFICATION_KEY={public}",
         file=sys.stderr,
         flush=True,
     )

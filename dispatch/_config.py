@@ -12,6 +12,12 @@
   pickled values and snapshots (the first seals, all verify: rotation).
 - ``DISPATCH_INSECURE``: ``1`` to run without a verification key (local development
   only; logged loudly).
+- ``DISPATCH_WHERE``: ``off`` (or ``0``, ``false``, ``no``) to stop sending, with each
+  suspended coroutine's snapshot, the readable description of where it waits (its
+  frames, lines and summarized locals; see ``dispatch._where``). On by default.
+- ``DISPATCH_REDACT``: the locals shown as ``<redacted>`` in that description:
+  case-insensitive shell patterns of their names separated by ``|`` (default
+  ``*token*|*secret*|*password*|*api_key*``; the value replaces the default).
 
 Secrets are read here and never logged.
 """
@@ -25,6 +31,7 @@ import os
 from dataclasses import dataclass
 
 from . import _signature, _wire
+from ._where import DEFAULT_REDACT
 
 logger = logging.getLogger("dispatch")
 
@@ -42,6 +49,8 @@ class Settings:
     verification_key: str | None
     seal_keys: tuple[bytes, ...]
     insecure: bool
+    redact: str = DEFAULT_REDACT
+    where: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,6 +63,9 @@ class Settings:
             verification_key=os.environ.get("DISPATCH_VERIFICATION_KEY") or None,
             seal_keys=parse_seal_keys(seal) if seal else (),
             insecure=os.environ.get("DISPATCH_INSECURE", "").lower() in ("1", "true", "yes"),
+            redact=os.environ.get("DISPATCH_REDACT") or DEFAULT_REDACT,
+            where=os.environ.get("DISPATCH_WHERE", "").strip().lower()
+            not in ("off", "0", "false", "no"),
         )
 
 

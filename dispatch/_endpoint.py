@@ -26,7 +26,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import _config, _signature, _wire
+from . import _config, _logging, _signature, _wire
 from ._function import Registry, default_registry
 from ._scheduler import Scheduler
 from ._status import Status
@@ -71,7 +71,9 @@ class Dispatch:
         self.registry = registry or default_registry()
         self.verifier = _config.verifier(settings, verification_key)
         self.sealer = _config.sealer(settings)
-        self.scheduler = scheduler or Scheduler(self.sealer)
+        self.scheduler = scheduler or Scheduler(
+            self.sealer, where=settings.where, redact=settings.redact
+        )
         self.max_body = max_body
         self.path = path.rstrip("/")
         self.app = Starlette(
@@ -130,6 +132,8 @@ class Dispatch:
         function = self.registry.lookup(run_request.function)
         if function is None:
             return 404, f"function {run_request.function!r} does not exist".encode()
+        # The function's log lines (and ours about it) name the call.
+        token = _logging.dispatch_id.set(run_request.dispatch_id)
         try:
             response = await self.scheduler.run(function, run_request)
         except Exception as error:  # a bug in dispatch: the call is retried
@@ -144,6 +148,8 @@ class Dispatch:
                     )
                 ),
             )
+        finally:
+            _logging.dispatch_id.reset(token)
         return 200, response.to_msgpack()
 
     async def _body(self, request: Request) -> bytes:

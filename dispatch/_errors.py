@@ -6,10 +6,13 @@
     ├── CallError          a call failed and its exception could not be brought back
     ├── ClientError        the orchestrator refused a request from the client
     └── OutputRejected     a function returned a value its output type handler rejected
+
+    Cancelled              (an asyncio.CancelledError) the call was cancelled
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -59,3 +62,16 @@ class OutputRejected(DispatchError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (OutputRejected, (self.value, self.status))
+
+
+class Cancelled(asyncio.CancelledError):
+    """Raised at the awaits of a durable coroutine whose call was cancelled
+    (``dispatch calls cancel``, the dashboard, or its parent finishing
+    first), so that its ``finally`` blocks and ``except Cancelled``
+    handlers run. Like any cancellation, it is not an ``Exception``: an
+    ``except Exception`` does not swallow it. Cleanup code may not await
+    dispatch calls (each raises ``Cancelled`` at once); whatever the
+    coroutine then returns or raises, its result is "cancelled"."""
+
+    def __init__(self, message: str = "the call was cancelled") -> None:
+        super().__init__(message)

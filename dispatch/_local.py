@@ -1,4 +1,5 @@
-"""The local state directory (``.dispatch/``): the embedded database and keys.
+"""The local state directory (``.dispatch/``): the embedded database, keys,
+and the URL of the orchestrator running here.
 
 Keys are made on first use and kept, so that a restarted application (or
 ``dispatch run``) resumes the coroutines it suspended before: snapshots are
@@ -8,7 +9,9 @@ signing key. The file is readable by its owner only.
 
 from __future__ import annotations
 
+import atexit
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +24,43 @@ from . import _signature, _wire
 def directory() -> Path:
     """``DISPATCH_DIR``, or ``.dispatch`` in the working directory."""
     return Path(os.environ.get("DISPATCH_DIR") or ".dispatch")
+
+
+DEFAULT_PORT = 4001
+"""Where ``dispatch server`` serves by default."""
+
+
+def api_url() -> str:
+    """The orchestrator to talk to: ``DISPATCH_API_URL``, else the one that
+    ``dispatch run`` or ``dispatch server`` of this directory announced
+    while it runs, else ``dispatch server``'s default."""
+    url = os.environ.get("DISPATCH_API_URL")
+    if url:
+        return url
+    with contextlib.suppress(OSError):
+        announced = (directory() / "api-url").read_text().strip()
+        if announced:
+            return announced
+    return f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+def announce(host: str, port: int) -> str:
+    """Tell :func:`api_url` of this directory where the orchestrator of this
+    process serves, until the process exits; the URL."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{host}:{port}"
+    path = directory() / "api-url"
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(url + "\n")
+        atexit.register(_withdraw, path, url)
+    return url
+
+
+def _withdraw(path: Path, url: str) -> None:
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == url:  # (not another orchestrator's since)
+            path.unlink()
 
 
 def database() -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from . import _config, _local, _wire
+from . import _config, _local, _logging, _wire
 from ._client import Client
 from ._endpoint import Dispatch
 from ._function import Call, DispatchID, default_registry
@@ -62,11 +62,9 @@ def run(init: Callable[[], Any] | None = None) -> None:
     """
     package_logger = logging.getLogger("dispatch")
     if not package_logger.handlers and not logging.getLogger().handlers:
-        # What happens to calls (retries, failures) is worth seeing by default.
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("dispatch: %(message)s"))
-        package_logger.addHandler(handler)
-        package_logger.setLevel(logging.INFO)
+        # What happens to calls (retries, failures) is worth seeing by default:
+        # JSON lines, unless at a terminal (see _logging).
+        _logging.configure(sys.stderr, text_format="dispatch: %(message)s")
     settings = _config.Settings.from_env()
     if settings.api_url:
         _run_connected(settings, init)

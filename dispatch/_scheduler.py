@@ -34,9 +34,9 @@ from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import _wire
+from . import _where, _wire
 from ._combinators import ALL, RACE, Combinator
-from ._errors import CallError, OutputRejected
+from ._errors import CallError, Cancelled, OutputRejected
 from ._function import Call, Function, _outbox
 from ._status import Status, status_for_error, status_for_output
 from .experimental.durable import dumps as snapshot
@@ -97,7 +97,7 @@ class _Wait:
             return (True, value)
         if self.pending == 0:
             errors = [outcome[1] for outcome in self.outcomes if outcome is not None]
-            group = ExceptionGroup("every awaitable of dispatch.any failed", errors)
+            group = BaseExceptionGroup("every awaitable of dispatch.any failed", errors)
             if all(hasattr(error, FAILED_CALL_MARK) for error in errors):
                 setattr(group, FAILED_CALL_MARK, Status.PERMANENT_ERROR.value)
             return (False, group)
@@ -139,11 +139,18 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         max_wait: float = 60.0,
         max_results: int = 1000,
+        *,
+        where: bool = True,
+        redact: str = _where.DEFAULT_REDACT,
     ) -> None:
         self.sealer = sealer
         self.clock = clock
         self.max_wait = max_wait
         self.max_results = max_results
+        #: Send with each Poll the description of where the run waits
+        #: (``dispatch._where``), its locals redacted by the patterns of ``redact``.
+        self.where = where
+        self.redact = redact
 
     async def run(
         self, function: Function[Any, Any], request: _wire.RunRequest
@@ -175,6 +182,8 @@ class _Run:
         self.cancel: list[int] = []
         self.dispatched: list[_wire.Call] = []
         self.result: tuple[bool, Any] | None = None
+        self.cancelling = False
+        """The call was cancelled: every remote call fails with Cancelled."""
 
     # --- fire-and-forget calls made while the function runs -------------------
 
@@ -305,7 +314,14 @@ class _Run:
             return
         inputs: dict[int, tuple[str, bytes]] = {}
         for index, awaitable in enumerate(awaitables):
-            if type(awaitable) is Call:
+            if type(awaitable) is Call and self.cancelling:
+                # Cleanup of a cancelled call makes no more calls.
+                decided = wait.settle(index, False, Cancelled())
+                if decided is not None:
+                    task.wait = None
+                    self.resume_task(task, decided)
+                    return
+            elif type(awaitable) is Call:
                 try:
                     inputs[index] = (
                         awaitable.function,
@@ -362,10 +378,12 @@ class _Run:
         for index, pending in enumerate(wait.outcomes):
             if pending is None:
                 child = wait.children.get(index, -1)
-                if child >= 0:
-                    self.cancel_task(child)
-                else:
+                if child < 0:
                     self.cancel.append(wait.base + index)
+                elif not self.cancelling:
+                    # (When cancelling, every task receives the cancellation
+                    # itself, and finishes for its own cleanup.)
+                    self.cancel_task(child)
         self.resume_task(task, outcome)
 
     def resume_task(self, task: _Task, outcome: tuple[bool, Any]) -> None:
@@ -423,6 +441,12 @@ class _Run:
             ]
             for task in self.tasks.values()
         ]
+        where = None
+        if self.scheduler.where:
+            # Before the snapshot, which detaches the frames it reads.
+            entry_first = sorted(self.tasks.values(), key=lambda task: task.id)
+            coros = [(task.id, task.coro) for task in entry_first]
+            where = _where.try_describe(coros, self.scheduler.redact)
         try:
             # Detached: the live coroutines are dropped without running their
             # finally blocks; the snapshot carries them on.
@@ -447,6 +471,7 @@ class _Run:
                 min_results=min_results,
                 max_results=max_results,
                 max_wait=max_wait,
+                where=where,
             ),
             dispatch=tuple(self.dispatched),
         )
@@ -470,6 +495,9 @@ class _Run:
         order = sorted(range(len(bases)), key=bases.__getitem__)
         bases = [bases[i] for i in order]
         owners = [owners[i] for i in order]
+        if poll.cancelled:
+            self.cancel_everything(owners)
+            return None
         if poll.error is not None:
             # The previous poll's calls were not made: fail every remote wait.
             poll_error = self.remote_error(poll.error)
@@ -498,6 +526,21 @@ class _Run:
             if decided is not None:
                 self.settle_task(task, decided)
         return None
+
+    def cancel_everything(self, owners: list[_Task]) -> None:
+        """The call was cancelled: each remote call awaited raises Cancelled,
+        in the deepest tasks first, so that every task runs its cleanup."""
+        self.cancelling = True
+        for task in sorted(owners, key=lambda owner: owner.id, reverse=True):
+            wait = task.wait
+            if wait is None:
+                continue
+            for index, outcome in enumerate(wait.outcomes):
+                if outcome is None and index not in wait.children:
+                    decided = wait.settle(index, False, Cancelled())
+                    if decided is not None:
+                        self.settle_task(task, decided)
+                        break
 
     def remote_error(self, error: _wire.Error) -> BaseException:
         exception: BaseException | None = None

@@ -551,24 +551,32 @@ class CallResult(_Message):
 class PollResult(_Message):
     """What a suspended coroutine resumes with: its ``state``, echoed back
     verbatim, and the ``results`` of calls it waits on. ``error`` reports a
-    failure of the poll itself."""
+    failure of the poll itself; ``cancelled`` that the call was cancelled:
+    each await raises :class:`dispatch.Cancelled`, so that cleanup runs."""
 
     state: bytes
     results: tuple[CallResult, ...]
     error: Error | None = None
+    cancelled: bool = False
 
     def _to_wire(self) -> _Wire:
         wire: _Wire = {"state": self.state, "res": [result._to_wire() for result in self.results]}
         if self.error is not None:
             wire["err"] = self.error._to_wire()
+        if self.cancelled:
+            wire["cancelled"] = True
         return wire
 
     @classmethod
     def _from_wire(cls, wire: _Wire) -> Self:
+        cancelled = wire.get("cancelled", False)
+        if type(cancelled) is not bool:
+            raise _invalid(cancelled, "bool", "cancelled", "cancelled")
         return cls(
             _bytes(wire, "state", "state"),
             _each(_array(wire, "res", "results"), "results", CallResult),
             _nested(wire, "err", "error", Error),
+            cancelled,
         )
 
 
@@ -659,7 +667,10 @@ class Poll(_Message):
     """A coroutine suspends: keep ``state``, make ``calls``, cancel the calls
     with the correlation ids in ``cancel``, and resume it once
     ``min_results`` results are in or ``max_wait`` seconds have passed,
-    with at most ``max_results`` results."""
+    with at most ``max_results`` results. ``where``, when set, describes
+    where each task of the coroutine waits, for people: the msgpack of a
+    list of ``{"task": id, "frames": [{"function", "file", "line",
+    "locals"}, ...]}``, outermost frame first (see ``dispatch._where``)."""
 
     state: bytes
     calls: tuple[Call, ...]
@@ -667,6 +678,7 @@ class Poll(_Message):
     min_results: int
     max_results: int
     max_wait: float
+    where: bytes | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_results <= self.max_results:
@@ -681,7 +693,7 @@ class Poll(_Message):
             )
 
     def _to_wire(self) -> _Wire:
-        return {
+        wire: _Wire = {
             "state": self.state,
             "calls": [call._to_wire() for call in self.calls],
             "cancel": self.cancel,
@@ -689,6 +701,9 @@ class Poll(_Message):
             "max": self.max_results,
             "wait": float(self.max_wait),
         }
+        if self.where is not None:
+            wire["where"] = self.where
+        return wire
 
     @classmethod
     def _from_wire(cls, wire: _Wire) -> Self:
@@ -703,6 +718,7 @@ class Poll(_Message):
             _int(wire, "min", "min_results"),
             _int(wire, "max", "max_results"),
             _float(wire, "wait", "max_wait"),
+            _optional_bytes(wire, "where", "where"),
         )
 
 

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -137,8 +138,17 @@ def test_run_prefixes_the_command_output(tmp_path: Path) -> None:
     )
     process = dispatch_run(tmp_path, *python(code))
     assert finish(process) == 0, process.transcript()
-    # Both streams come out as the app's, as lines of their own.
-    lines = sorted([*process.stdout, *process.stderr])
+    # Both streams come out as the app's, as lines of their own, after where
+    # the orchestrator and its dashboard are.
+    # (Its log lines, into a pipe, are JSON.)
+    banner, *rest = process.stderr
+    assert banner.startswith("orchestrator | "), banner
+    assert re.fullmatch(
+        r"serving on (http://127\.0\.0\.1:\d+), dashboard on \1/dashboard/ "
+        r"\(its API key: dispatch env\); dispatch calls list shows the calls",
+        json.loads(banner.removeprefix("orchestrator | "))["message"],
+    ), banner
+    lines = sorted([*process.stdout, *rest])
     assert lines == ["app | ", "app | to stderr", "app | to stdout: [red]not markup[/red] é ✓ 漢字"]
 
 
@@ -307,8 +317,8 @@ def test_server_serves_the_api(
     assert code == 0, transcript
     assert "Traceback" not in transcript, transcript
     assert process.stderr[0].startswith(
-        f"dispatch: orchestrator on {url}; endpoints verify its requests with "
-        "DISPATCH_VERIFICATION_KEY="
+        f"dispatch: orchestrator on {url} (dashboard: {url}/dashboard/); endpoints verify its "
+        "requests with DISPATCH_VERIFICATION_KEY="
     ), transcript
 
 

@@ -13,6 +13,7 @@ cleanly and that everything printed is what a user expects to see.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -437,13 +438,17 @@ def run_example(example: Example, mode: str, directory: Path) -> None:
         return [line.removeprefix(APP) for line in process.stdout if line.startswith(APP)]
 
     def logged() -> list[str]:
+        # Into a pipe, the log lines are JSON objects (see dispatch._logging).
         if mode == "python":
-            return [line.removeprefix("dispatch: ") for line in process.stderr[1:]]
-        return [
-            line.removeprefix(ORCHESTRATOR)
+            return [json.loads(line)["message"] for line in process.stderr[1:]]
+        messages = [
+            json.loads(line.removeprefix(ORCHESTRATOR))["message"]
             for line in process.stderr
             if line.startswith(ORCHESTRATOR)
         ]
+        # The first says where the orchestrator and its dashboard serve.
+        assert messages and messages[0].startswith("serving on http://127.0.0.1:"), messages
+        return messages[1:]
 
     def finished() -> bool:
         return (

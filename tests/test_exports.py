@@ -9,6 +9,7 @@ def test_dispatch_exports() -> None:
     assert set(dispatch.__all__) == {
         "Call",
         "CallError",
+        "Cancelled",
         "Client",
         "ClientError",
         "Dispatch",

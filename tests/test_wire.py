@@ -63,6 +63,7 @@ MESSAGES = [
     *RESULTS,
     PollResult(b"state", ()),
     PollResult(b"state", RESULTS, error=ERROR),
+    PollResult(b"state", (), cancelled=True),
     RunRequest("f", "d", "r", None, 1.5, None, 1, input=b"\xc0"),
     RunRequest("f", "d", "r", "p", 1.5, 99.25, 3, poll=PollResult(b"", RESULTS)),
     Exit(output=NONE),
@@ -626,3 +627,38 @@ def test_sealer_keys_are_checked_without_quoting_them() -> None:
         Sealer(["k" * 32])  # type: ignore[list-item]
     assert len(generate_key()) == 32 and generate_key() != generate_key()
     Sealer([KEY, KEY])  # the same key twice is harmless
+
+
+def test_poll_where_round_trips_and_is_optional() -> None:
+    where = msgpack.packb(
+        [
+            {
+                "task": 0,
+                "frames": [{"function": "f", "file": "app.py", "line": 3, "locals": {"x": "1"}}],
+            }
+        ]
+    )
+    poll = Poll(b"s", (CALL,), (), 1, 1, 1.0, where=where)
+    wire = msgpack.unpackb(RunResponse(1, poll=poll).to_msgpack())
+    assert wire["poll"]["where"] == where
+    decoded = RunResponse.from_msgpack(RunResponse(1, poll=poll).to_msgpack())
+    assert decoded.poll == poll and decoded.poll is not None
+    assert msgpack.unpackb(decoded.poll.where)[0]["frames"][0]["line"] == 3
+    assert pickle.loads(pickle.dumps(poll)) == poll
+    # Absent: no key on the wire, None once decoded.
+    bare = Poll(b"s", (), (), 1, 1, 1.0)
+    assert "where" not in msgpack.unpackb(bare.to_msgpack())
+    assert Poll.from_msgpack(bare.to_msgpack()).where is None
+    ill_typed = msgpack.packb({**msgpack.unpackb(bare.to_msgpack()), "where": "text"})
+    with pytest.raises(ProtocolError, match="expected bin") as caught:
+        Poll.from_msgpack(ill_typed)
+    assert caught.value.field == "Poll.where"
+
+
+def test_poll_result_cancelled_must_be_a_bool() -> None:
+    wire = msgpack.unpackb(PollResult(b"s", (), cancelled=True).to_msgpack())
+    assert wire["cancelled"] is True
+    wire["cancelled"] = 1
+    with pytest.raises(ProtocolError, match="cancelled"):
+        PollResult.from_msgpack(msgpack.packb(wire))
+    assert "cancelled" not in msgpack.unpackb(PollResult(b"s", ()).to_msgpack())

@@ -33,11 +33,23 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .. import _signature, _wire
+from .. import _logging, _signature, _wire
 from .._status import Status
 from ._invoker import Invoker, TransportError
 from ._limiter import Limiter
-from ._storage import Claimed, Completion, Finish, NewCall, Retry, Storage, Suspend, Transition
+from ._metrics import Metrics
+from ._storage import (
+    CANCELLED,
+    CANCELLED_ERROR,
+    Claimed,
+    Completion,
+    Finish,
+    NewCall,
+    Retry,
+    Storage,
+    Suspend,
+    Transition,
+)
 
 logger = logging.getLogger("dispatch.orchestrator")
 
@@ -100,6 +112,7 @@ class Engine:
         self.endpoints: set[str] | None = None
         """The endpoints whose calls this engine runs (None: every endpoint)."""
         self._turns: dict[str, int] = {}
+        self.metrics = Metrics()
 
     def limiter(self, endpoint: str) -> Limiter:
         limiter = self.limiters.get(endpoint)
@@ -207,19 +220,24 @@ class Engine:
                 logger.exception("renewing leases failed")
 
     async def _attempt(self, call: Claimed) -> None:
+        _logging.dispatch_id.set(call.id)  # for this attempt's task: its log lines name the call
         started = self.clock()
         limiter = self.limiter(call.endpoint)
         released = False
         try:
             completion = await self._run(call, started)
             status = Status(completion.status) if completion.status >= 0 else None
-            limiter.release(status is not None and status.concurrency == "increase")
+            # (A cancelled call's cleanup says nothing of how the endpoint copes.)
+            limiter.release(
+                call.cancelling or (status is not None and status.concurrency == "increase")
+            )
             released = True
             # What this answer made due on the endpoint starts at once, as far
             # as the endpoint has room.
             completed, claimed = await self.storage.complete_and_claim(
                 completion, limiter.available(), self.lease
             )
+            self.metrics.completed(completion, applied=completed)
             self._start(claimed)
             if not completed:
                 logger.info("call %s: lost its claim; its answer was dropped", call.id)
@@ -263,7 +281,9 @@ class Engine:
             input=call.input if call.snapshot is None else None,
             poll=None
             if call.snapshot is None
-            else _wire.PollResult(state=call.snapshot, results=_results(call)),
+            else _wire.PollResult(
+                state=call.snapshot, results=_results(call), cancelled=call.cancelling
+            ),
         )
         body = request.to_msgpack()
         try:
@@ -343,6 +363,7 @@ class Engine:
                 wait_until=now + poll.max_wait,
                 children=children,
                 cancel=poll.cancel,
+                frames=poll.where,
             )
             return self._completion(
                 call, transition, started, status, snapshot=len(poll.state), dispatched=dispatched
@@ -362,9 +383,17 @@ class Engine:
         error = exit_.error.to_msgpack() if exit_.error is not None else None
         error_type = exit_.error.type if exit_.error is not None else None
         message = exit_.error.message if exit_.error is not None else None
+        trace = exit_.error.traceback if exit_.error is not None else None
         transition = self._decide(call, now, status, exit_.output, error)
         return self._completion(
-            call, transition, started, status, error_type, message, dispatched=dispatched
+            call,
+            transition,
+            started,
+            status,
+            error_type,
+            message,
+            dispatched=dispatched,
+            traceback=trace,
         )
 
     def _failed(
@@ -377,6 +406,10 @@ class Engine:
     def _decide(
         self, call: Claimed, now: float, status: Status, output: bytes | None, error: bytes | None
     ) -> Transition:
+        if call.cancelling:
+            # Its cleanup ran (or failed): it is done, cancelled, whatever it answered.
+            logger.info("%s (%s): cancelled; its cleanup is over", call.function, call.id)
+            return Finish(CANCELLED, error=CANCELLED_ERROR)
         if status.retry and call.attempt < self.policy.max_attempts:
             restart = status is Status.INCOMPATIBLE_STATE
             delay = 0.0 if restart else self.policy.delay(call.attempt)
@@ -416,6 +449,7 @@ class Engine:
         message: str | None = None,
         snapshot: int | None = None,
         dispatched: tuple[NewCall, ...] = (),
+        traceback: str | None = None,
     ) -> Completion:
         now = self.clock()
         return Completion(
@@ -427,6 +461,7 @@ class Engine:
             status=status.value,
             error_type=error_type,
             error_message=message,
+            traceback=traceback,
             snapshot_size=snapshot,
             dispatched=dispatched,
         )

@@ -497,12 +497,17 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
                 db,
                 call.id,
                 call.parent_id,
-                Status.PERMANENT_ERROR.value if transition.status == CANCELLED else transition.status,
+                _delivered_status(transition.status),
                 transition.output,
                 transition.error,
                 now,
             )
     return True
+
+
+def _delivered_status(status: int) -> int:
+    """The status a parent receives: a cancelled child is a permanent error."""
+    return Status.PERMANENT_ERROR.value if status == CANCELLED else status
 
 
 def _record_attempt(db: sqlite3.Connection, completion: Completion) -> None:

@@ -368,9 +368,7 @@ _RECORD = (
     "frames",
 )
 
-_SUMMARY = (
-    "id, root_id, parent_id, function, state, status, attempt, created_at, finished_at"
-)
+_SUMMARY = "id, root_id, parent_id, function, state, status, attempt, created_at, finished_at"
 
 
 async def read_call(fetch: Fetch, mark: str, call_id: str) -> CallRecord | None:
@@ -396,10 +394,21 @@ async def read_call(fetch: Fetch, mark: str, call_id: str) -> CallRecord | None:
 
 async def read_counts(fetch: Fetch) -> dict[str, int]:
     """:meth:`Storage.counts`."""
-    counts = dict.fromkeys((PENDING, RUNNING, WAITING, DONE), 0)
-    for state, count in await fetch("SELECT state, COUNT(*) FROM calls GROUP BY state", ()):
-        counts[state] = count
-    return counts
+    # On the partial indexes of the states not done (few calls), and the
+    # total (the smallest index): not a pass over every row, as GROUP BY is.
+    ((total, pending, running, waiting),) = await fetch(
+        "SELECT (SELECT COUNT(*) FROM calls), "
+        "(SELECT COUNT(*) FROM calls WHERE state = 'pending'), "
+        "(SELECT COUNT(*) FROM calls WHERE state = 'running'), "
+        "(SELECT COUNT(*) FROM calls WHERE state = 'waiting')",
+        (),
+    )
+    return {
+        PENDING: pending,
+        RUNNING: running,
+        WAITING: waiting,
+        DONE: total - pending - running - waiting,
+    }
 
 
 async def read_recent(fetch: Fetch, mark: str, limit: int) -> list[CallSummary]:
@@ -443,7 +452,9 @@ async def read_list(fetch: Fetch, mark: str, query: CallQuery) -> list[CallSumma
         condition("created_at < ?", query.until)
     if query.before is not None:
         created_at, call_id = query.before
-        condition("(created_at < ? OR (created_at = ? AND id < ?))", created_at, created_at, call_id)
+        condition(
+            "(created_at < ? OR (created_at = ? AND id < ?))", created_at, created_at, call_id
+        )
     sql = f"SELECT {_SUMMARY} FROM calls"
     if where:
         sql += " WHERE " + " AND ".join(where)

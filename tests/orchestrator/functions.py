@@ -111,3 +111,32 @@ async def waits_on_naps(seconds: float) -> Any:
 @function
 def dispatches() -> str:
     return add.dispatch(20, 22)
+
+
+async def _waits_then_cleans(name: str, seconds: float) -> Any:
+    """Not a dispatch function: a local task of ``cleans_up``."""
+    try:
+        return await nap(seconds)
+    except dispatch.Cancelled:
+        events.append(("cancelled at its await", name))
+        raise
+    finally:
+        events.append(("finally", name))
+
+
+@function
+async def cleans_up(seconds: float) -> Any:
+    """Waits on two local tasks, each waiting on a call; cleans up when cancelled."""
+    try:
+        return await dispatch.gather(
+            _waits_then_cleans("a", seconds), _waits_then_cleans("b", seconds)
+        )
+    except dispatch.Cancelled:
+        events.append(("cancelled at its await", "entry"))
+        try:
+            await add(1, 2)
+        except dispatch.Cancelled:
+            events.append(("cleanup makes no calls", "entry"))
+        raise
+    finally:
+        events.append(("finally", "entry"))

@@ -14,6 +14,7 @@ from dispatch import Status, _wire
 from dispatch.orchestrator._api import api_app
 from dispatch.orchestrator._storage import CANCELLED, DONE, RUNNING, WAITING
 
+from . import functions
 from .harness import ENDPOINT, Env
 
 pytestmark = pytest.mark.timeout(60)
@@ -189,6 +190,8 @@ async def test_cancel_stops_a_waiting_coroutine_and_its_children() -> None:
         response = await http.post(f"/v1/calls/{call_id}/cancel", headers=AUTH)
         assert response.status_code == 200
         assert msgpack.unpackb(response.content) == {"cancelled": 3}
+        # (The coroutine is resumed once more, for its cleanup, then done.)
+        await env.until(call_id, lambda r: r.state == DONE)
         for document in [await get(http, i) for i in (call_id, *parent.children)]:
             assert (document["state"], document["status"]) == (DONE, CANCELLED)
             error = _wire.Error.from_msgpack(document["error"])
@@ -200,4 +203,137 @@ async def test_cancel_stops_a_waiting_coroutine_and_its_children() -> None:
         again = await http.post(f"/v1/calls/{call_id}/cancel", headers=AUTH)
         assert msgpack.unpackb(again.content) == {"cancelled": 0}
         unknown = await http.post("/v1/calls/nobody/cancel", headers=AUTH)
-        assert msgpack.unpackb(unknown.content) == {"cancelled": 0}
+        assert unknown.status_code == 404
+
+
+async def test_a_cancelled_coroutine_cleans_up_at_its_awaits() -> None:
+    async with Env(grace=0.01) as env, api(env) as http:
+        response = await http.post(
+            "/v1/dispatch", content=request(env, ("cleans_up", (30.0,))), headers=AUTH
+        )
+        [call_id] = _wire.DispatchResponse.from_msgpack(response.content).dispatch_ids
+        parent = await env.until(call_id, lambda r: r.state == WAITING and len(r.children) == 2)
+        response = await http.post(f"/v1/calls/{call_id}/cancel", headers=AUTH)
+        assert msgpack.unpackb(response.content) == {"cancelled": 3}
+        record = await env.until(call_id, lambda r: r.state == DONE)
+        assert record.status == CANCELLED
+        # Each task received the cancellation at its await, deepest first, and
+        # its cleanup ran; the cleanup's own call failed at once.
+        assert sorted(functions.events) == sorted(
+            [
+                ("cancelled at its await", "a"),
+                ("finally", "a"),
+                ("cancelled at its await", "b"),
+                ("finally", "b"),
+                ("cancelled at its await", "entry"),
+                ("cleanup makes no calls", "entry"),
+                ("finally", "entry"),
+            ]
+        )
+        assert functions.events[-1] == ("finally", "entry")
+        for child in parent.children:
+            child_record = await env.storage.get(child)
+            assert child_record is not None and child_record.status == CANCELLED
+        # The cleanup resume is an attempt of its own, on record.
+        assert len(record.attempts) == 2
+
+
+# --- the JSON API for people and tools (dispatch calls, the dashboard) ---------------------
+
+JSON = {**AUTH, "Accept": "application/json"}
+
+
+async def test_list_filters_and_pages_calls() -> None:
+    async with Env() as env, api(env) as http:
+        fan_out = await env.run("fan_out", 2)
+        failed = await env.run("fails", "PERMANENT_ERROR", 1, "k")
+        response = await http.get("/v1/calls", headers=JSON)
+        assert response.status_code == 200, response.text
+        everything = response.json()["calls"]
+        assert len(everything) == 1 + 2 + 4 + 1  # fan_out, its pairs, their adds, fails
+        assert everything[0]["id"] == failed.id  # newest first
+        seen, cursor = [], None
+        while True:
+            page = (
+                await http.get(
+                    "/v1/calls", params={"limit": 3, "before": cursor or ""}, headers=JSON
+                )
+            ).json()
+            seen += [call["id"] for call in page["calls"]]
+            cursor = page["next"]
+            if cursor is None:
+                break
+        assert seen == [call["id"] for call in everything]
+
+        async def ids(**params: Any) -> set[str]:
+            response = await http.get("/v1/calls", params=params, headers=JSON)
+            assert response.status_code == 200, response.text
+            return {call["id"] for call in response.json()["calls"]}
+
+        assert await ids(status="failed") == {failed.id}
+        assert await ids(status="permanent_error") == {failed.id}
+        assert len(await ids(function="add")) == 4
+        assert await ids(roots="1") == {fan_out.id, failed.id}
+        assert len(await ids(root=fan_out.id)) == 7
+        assert await ids(since=str(failed.created_at)) == {failed.id}
+        assert len(await ids(state="done")) == 8
+        for bad in ({"state": "asleep"}, {"status": "meh"}, {"limit": "0"}, {"before": "x"}):
+            response = await http.get("/v1/calls", params=bad, headers=JSON)
+            assert response.status_code == 400 and response.text.startswith("bad request: ")
+        assert (await http.get("/v1/calls")).status_code == 401
+
+
+async def test_a_call_as_json_for_people() -> None:
+    async with Env() as env, api(env) as http:
+        failed = await env.run("fails", "PERMANENT_ERROR", 1, "k")
+        document = (await http.get(f"/v1/calls/{failed.id}", headers=JSON)).json()
+        assert (document["state"], document["status"]) == ("done", "permanent_error")
+        assert document["input"] == [["PERMANENT_ERROR", 1, "k"], {}]
+        assert document["error"]["type"].endswith("functions.Failure")
+        assert document["error"]["message"] == "failing with PERMANENT_ERROR"
+        assert "raise Failure(Status[status])" in document["error"]["traceback"]
+        [attempt] = document["attempts"]
+        assert attempt["status"] == "permanent_error" and attempt["duration"] >= 0
+        assert "raise Failure(Status[status])" in attempt["traceback"]
+
+        fan_out = await env.run("fan_out", 1)
+        document = (await http.get(f"/v1/calls/{fan_out.id}", headers=JSON)).json()
+        assert document["output"] == [[0, 10]]
+        assert [bool(a["snapshot_size"]) for a in document["attempts"]] == [True, False]
+        tree = (await http.get(f"/v1/calls/{fan_out.id}/tree", headers=JSON)).json()["calls"]
+        assert [call["function"] for call in tree] == ["fan_out", "pair", "add", "add"]
+        assert tree[2]["parent_id"] == tree[1]["id"]
+        assert (await http.get("/v1/calls/nobody/tree", headers=JSON)).status_code == 404
+        assert (await http.get("/v1/calls/nobody", headers=JSON)).status_code == 404
+
+
+async def test_retry_runs_a_failed_call_again_as_a_new_call() -> None:
+    async with Env() as env, api(env) as http:
+        failed = await env.run("fails", "PERMANENT_ERROR", 1, "retry")
+        response = await http.post(f"/v1/calls/{failed.id}/retry", headers=JSON)
+        assert response.status_code == 200, response.text
+        again = await env.done(response.json()["id"])
+        assert env.value(again) == "ok after 2"  # same function, same input
+        response = await http.post(f"/v1/calls/{again.id}/retry", headers=JSON)
+        assert response.status_code == 409 and "succeeded" in response.text
+        assert (await http.post("/v1/calls/nobody/retry", headers=JSON)).status_code == 404
+        assert (await http.post(f"/v1/calls/{failed.id}/retry")).status_code == 401
+
+
+async def test_where_a_suspended_coroutine_waits() -> None:
+    async with Env(grace=0.01) as env, api(env) as http:
+        call_id = await env.submit("cleans_up", 30.0)
+        await env.until(call_id, lambda r: r.state == WAITING and r.frames is not None)
+        document = (await http.get(f"/v1/calls/{call_id}", headers=JSON)).json()
+        tasks = document["frames"]
+        assert len(tasks) == 3 and tasks[0]["task"] == 0  # the entry, then a and b
+        [entry] = tasks[0]["frames"]
+        assert entry["function"] == "cleans_up" and entry["file"].endswith("functions.py")
+        assert entry["locals"] == {"seconds": "30.0"}
+        for task, name in zip(tasks[1:], "ab", strict=True):
+            [frame] = task["frames"]
+            assert frame["function"] == "_waits_then_cleans"
+            assert frame["locals"] == {"name": repr(name), "seconds": "30.0"}
+        await http.post(f"/v1/calls/{call_id}/cancel", headers=AUTH)
+        record = await env.until(call_id, lambda r: r.state == DONE)
+        assert record.frames is None  # only while it waits
