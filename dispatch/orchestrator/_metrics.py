@@ -53,7 +53,9 @@ class Metrics:
         registry = self.registry
         self.calls = Counter(
             "dispatch_calls",
-            "Calls that finished, by function and final status.",
+            "Calls that finished in an attempt run by this orchestrator, by function and final "
+            "status (a call cancelled while pending, or while running a plain function, ends "
+            "without one: see the calls list).",
             ["function", "status"],
             registry=registry,
         )
