@@ -497,7 +497,7 @@ MIGRATIONS = [
     ALTER TABLE attempts ADD COLUMN traceback text;
     CREATE INDEX calls_created ON calls (created_at);
     CREATE INDEX calls_function ON calls (function, created_at);
-    CREATE INDEX calls_status ON calls (status, created_at);
+    CREATE INDEX calls_failed ON calls (created_at) WHERE state = 'done' AND status != 1;
     """,
 ]
 

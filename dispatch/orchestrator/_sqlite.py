@@ -33,6 +33,7 @@ from ._storage import (
     Result,
     Retry,
     Suspend,
+    Transition,
     claimed,
     read_call,
     read_counts,
@@ -153,7 +154,7 @@ MIGRATIONS = [
     ALTER TABLE attempts ADD COLUMN traceback TEXT;
     CREATE INDEX calls_created ON calls (created_at);
     CREATE INDEX calls_function ON calls (function, created_at);
-    CREATE INDEX calls_status ON calls (status, created_at);
+    CREATE INDEX calls_failed ON calls (created_at) WHERE state = 'done' AND status != 1;
     """,
 ]
 
@@ -393,10 +394,11 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
     call, now, transition = completion.call, completion.now, completion.transition
     guard = (call.id, completion.owner, call.run)
     guarded = "WHERE id = ? AND state = 'running' AND lease_owner = ? AND runs = ?"
-    row = db.execute("SELECT cancelled_at FROM calls " + guarded, guard).fetchone()
-    if row is None:
-        return False
-    if row[0] is not None:
+    # The common case in one statement: the call was not cancelled meanwhile.
+    if not _transition(db, completion, transition, guarded + " AND cancelled_at IS NULL", guard):
+        row = db.execute("SELECT cancelled_at FROM calls " + guarded, guard).fetchone()
+        if row is None:
+            return False  # the claim was lost
         if isinstance(transition, Suspend) and not call.cancelling:
             # Cancelled while this run went on: resume it at once with the
             # cancellation, for its cleanup; the calls it asks for are moot.
@@ -409,49 +411,7 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
             return True
         # Its cleanup is over, or it was not suspended: it is done, cancelled.
         transition = Finish(CANCELLED, error=CANCELLED_ERROR)
-    if isinstance(transition, Finish):
-        updated = db.execute(
-            "UPDATE calls SET state = 'done', status = ?, output = ?, error = ?, "
-            "finished_at = ?, snapshot = NULL, frames = NULL, lease_owner = NULL " + guarded,
-            (transition.status, transition.output, transition.error, now, *guard),
-        ).rowcount
-    elif isinstance(transition, Retry):
-        tail_call = transition.function is not None
-        updated = db.execute(
-            "UPDATE calls SET state = 'pending', due_at = ?, status = ?, error = ?, "
-            "lease_owner = NULL, snapshot = CASE WHEN ? THEN NULL ELSE snapshot END, "
-            "frames = NULL, "
-            "function = COALESCE(?, function), input = COALESCE(?, input), "
-            "attempt = CASE WHEN ? THEN 0 ELSE attempt END " + guarded,
-            (
-                transition.due_at,
-                transition.status,
-                transition.error,
-                transition.restart,
-                transition.function,
-                transition.input,
-                tail_call,
-                *guard,
-            ),
-        ).rowcount
-    else:
-        # The next run is a new step: its attempts count from one again.
-        updated = db.execute(
-            "UPDATE calls SET state = 'waiting', snapshot = ?, frames = ?, min_results = ?, "
-            "max_results = ?, wait_until = ?, status = ?, lease_owner = NULL, "
-            "attempt = 0 " + guarded,
-            (
-                transition.snapshot,
-                transition.frames,
-                transition.min_results,
-                transition.max_results,
-                transition.wait_until,
-                completion.status,
-                *guard,
-            ),
-        ).rowcount
-    if not updated:
-        return False
+        _transition(db, completion, transition, guarded, guard)
     _record_attempt(db, completion)
     if not isinstance(transition, Retry) and call.results:
         db.executemany(
@@ -503,6 +463,58 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
                 now,
             )
     return True
+
+
+def _transition(
+    db: sqlite3.Connection,
+    completion: Completion,
+    transition: Transition,
+    guarded: str,
+    guard: tuple[Any, ...],
+) -> int:
+    """Apply ``transition`` to the call if ``guarded`` holds; whether it did
+    (then ``_complete`` records the rest)."""
+    now = completion.now
+    if isinstance(transition, Finish):
+        return db.execute(
+            "UPDATE calls SET state = 'done', status = ?, output = ?, error = ?, "
+            "finished_at = ?, snapshot = NULL, frames = NULL, lease_owner = NULL " + guarded,
+            (transition.status, transition.output, transition.error, now, *guard),
+        ).rowcount
+    if isinstance(transition, Retry):
+        tail_call = transition.function is not None
+        return db.execute(
+            "UPDATE calls SET state = 'pending', due_at = ?, status = ?, error = ?, "
+            "lease_owner = NULL, snapshot = CASE WHEN ? THEN NULL ELSE snapshot END, "
+            "frames = NULL, "
+            "function = COALESCE(?, function), input = COALESCE(?, input), "
+            "attempt = CASE WHEN ? THEN 0 ELSE attempt END " + guarded,
+            (
+                transition.due_at,
+                transition.status,
+                transition.error,
+                transition.restart,
+                transition.function,
+                transition.input,
+                tail_call,
+                *guard,
+            ),
+        ).rowcount
+    # The next run is a new step: its attempts count from one again.
+    return db.execute(
+        "UPDATE calls SET state = 'waiting', snapshot = ?, frames = ?, min_results = ?, "
+        "max_results = ?, wait_until = ?, status = ?, lease_owner = NULL, "
+        "attempt = 0 " + guarded,
+        (
+            transition.snapshot,
+            transition.frames,
+            transition.min_results,
+            transition.max_results,
+            transition.wait_until,
+            completion.status,
+            *guard,
+        ),
+    ).rowcount
 
 
 def _delivered_status(status: int) -> int:
