@@ -45,24 +45,13 @@ from ._storage import (
     CallRecord,
     CallSummary,
     NewCall,
+    status_name,
 )
 
 MSGPACK = "application/msgpack"
 MAX_BODY = 64 * 1024 * 1024
 MAX_PAGE = 500
 MAX_TREE = 10_000
-
-
-def status_name(status: int | None) -> str | None:
-    """A recorded status as people read it: ``ok``, ``permanent_error``, ``cancelled``..."""
-    if status is None:
-        return None
-    if status == CANCELLED:
-        return "cancelled"
-    try:
-        return Status(status).name.lower()
-    except ValueError:
-        return str(status)
 
 
 def status_value(name: str) -> int | str:

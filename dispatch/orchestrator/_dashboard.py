@@ -37,6 +37,7 @@ API key (an orchestrator nothing else can reach) there is no login.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import hmac
@@ -57,7 +58,7 @@ from starlette.routing import Route
 
 from .. import _wire
 from .._status import Status
-from ._api import retry_call, status_name, status_value
+from ._api import retry_call, status_value
 from ._engine import Engine
 from ._storage import (
     CANCELLED,
@@ -69,6 +70,7 @@ from ._storage import (
     CallQuery,
     CallRecord,
     CallSummary,
+    status_name,
 )
 
 STATES = (PENDING, RUNNING, WAITING, DONE)
@@ -168,19 +170,8 @@ def dashboard_app(engine: Engine, api_key: str | None) -> Starlette:
         listing = _listing(request)
         if not listing.errors:
             query = listing.query
-            rows = await storage.list_calls(
-                CallQuery(
-                    state=query.state,
-                    status=query.status,
-                    function=query.function,
-                    root_id=query.root_id,
-                    roots_only=query.roots_only,
-                    since=query.since,
-                    until=query.until,
-                    before=query.before,
-                    limit=query.limit + 1,  # one more: is there an older page?
-                )
-            )
+            # One more than shown: is there an older page?
+            rows = await storage.list_calls(dataclasses.replace(query, limit=query.limit + 1))
             listing.rows, listing.more = rows[: query.limit], len(rows) > query.limit
         return listing, await counts()
 
@@ -400,24 +391,10 @@ def _notice(request: Request, base: str) -> str:
 # --- the calls list -----------------------------------------------------------------------
 
 
-class _Filters:
-    """A list's query, as parsed from the URL, and as the form shows it."""
-
-    def __init__(self) -> None:
-        self.state: str | None = None
-        self.status: int | str | None = None
-        self.function: str | None = None
-        self.root_id: str | None = None
-        self.roots_only = False
-        self.since: float | None = None
-        self.until: float | None = None
-        self.before: tuple[float, str] | None = None
-        self.limit = PAGE_SIZE
-
-
 class _Listing:
     def __init__(self) -> None:
-        self.query = _Filters()
+        self.query = CallQuery(limit=PAGE_SIZE)
+        """The list's query, as parsed from the URL."""
         self.form: dict[str, str] = {}
         """The filters as given (the form's values; links keep them)."""
         self.errors: list[str] = []
@@ -431,7 +408,7 @@ FILTERS = ("state", "status", "function", "root_id", "roots_only", "since", "unt
 def _listing(request: Request) -> _Listing:
     listing = _Listing()
     params = request.query_params
-    query = listing.query
+    query: dict[str, Any] = {}
     for name in FILTERS:
         value = params.get(name, "").strip()
         if value:
@@ -439,35 +416,36 @@ def _listing(request: Request) -> _Listing:
     form = listing.form
     if "state" in form:
         if form["state"] in STATES:
-            query.state = form["state"]
+            query["state"] = form["state"]
         else:
             listing.errors.append(f"unknown state {form['state']!r}")
     if "status" in form:
         try:
-            query.status = status_value(form["status"].lower())
+            query["status"] = status_value(form["status"].lower())
         except ValueError as error:
             listing.errors.append(str(error))
-    query.function = form.get("function")
-    query.root_id = form.get("root_id")
-    query.roots_only = form.get("roots_only") in ("1", "on", "true")
+    query["function"] = form.get("function")
+    query["root_id"] = form.get("root_id")
+    query["roots_only"] = form.get("roots_only") in ("1", "on", "true")
     for name in ("since", "until"):
         if name in form:
             try:
-                setattr(query, name, parse_time(form[name], time.time()))
+                query[name] = parse_time(form[name], time.time())
             except ValueError as error:
                 listing.errors.append(f"{name}: {error}")
     if "limit" in form:
         try:
-            query.limit = max(1, min(MAX_PAGE_SIZE, int(form["limit"])))
+            query["limit"] = max(1, min(MAX_PAGE_SIZE, int(form["limit"])))
         except ValueError:
             listing.errors.append(f"limit: not a number: {form['limit']!r}")
     before = params.get("before", "")
     if before:
         created, _, call_id = before.partition(",")
         try:
-            query.before = (float(created), call_id)
+            query["before"] = (float(created), call_id)
         except ValueError:
             listing.errors.append("before: not a cursor of this list")
+    listing.query = dataclasses.replace(listing.query, **query)
     return listing
 
 

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .._status import Status
 from ._limiter import Limiter
-from ._storage import CANCELLED, PENDING, RUNNING, WAITING, Completion, Finish
+from ._storage import PENDING, RUNNING, WAITING, Completion, Finish, status_name
 
 DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -33,16 +33,6 @@ DURATION_BUCKETS = (
 SNAPSHOT_BUCKETS = tuple(float(1 << shift) for shift in range(8, 23, 2))
 """Bytes: 256, 1K, 4K, 16K, 64K, 256K, 1M, 4M."""
 QUEUE_STATES = (PENDING, RUNNING, WAITING)
-
-
-def status_name(status: int) -> str:
-    """The ``status`` label of a status recorded for a call or an attempt."""
-    if status == CANCELLED:
-        return "cancelled"
-    try:
-        return Status(status).name.lower()
-    except ValueError:
-        return "unspecified"
 
 
 class Metrics:
@@ -110,7 +100,7 @@ class Metrics:
         """An attempt of a call of ``function`` ended with ``status`` after
         ``duration`` seconds; it suspended with a snapshot of ``snapshot_size``
         bytes, or ``finished`` the call."""
-        name = status_name(status)
+        name = status_name(status) or Status.UNSPECIFIED.name.lower()
         self.attempts.labels(function, name).inc()
         self.durations.labels(function).observe(max(0.0, duration))
         if snapshot_size is not None:

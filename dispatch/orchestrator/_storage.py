@@ -41,6 +41,18 @@ CANCELLED_ERROR = _wire.Error(
 """The ``error`` recorded for a cancelled call, and delivered to its parent."""
 
 
+def status_name(status: int | None) -> str | None:
+    """A recorded status as people read it: ``ok``, ``permanent_error``, ``cancelled``..."""
+    if status is None:
+        return None
+    if status == CANCELLED:
+        return "cancelled"
+    try:
+        return Status(status).name.lower()
+    except ValueError:
+        return Status.UNSPECIFIED.name.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class NewCall:
     """A call to create."""

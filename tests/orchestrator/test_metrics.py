@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dispatch import Dispatch, Status, _wire
 from dispatch.orchestrator import Orchestrator, SQLiteStorage
 from dispatch.orchestrator._api import api_app
-from dispatch.orchestrator._metrics import Metrics, status_name
+from dispatch.orchestrator._metrics import Metrics
 from dispatch.orchestrator._storage import (
     CANCELLED,
     DONE,
@@ -27,6 +27,7 @@ from dispatch.orchestrator._storage import (
     Completion,
     Finish,
     Retry,
+    status_name,
 )
 
 from . import functions
