@@ -155,9 +155,14 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
                 )
             )
         # Stored by this thread, so a dispatch does not wait for the event
-        # loop's turn; the engine is woken to run them.
-        storage.create_sync(new, now)
-        loop.call_soon_threadsafe(engine.wake)
+        # loop's turn, and claimed in the same transaction as far as the
+        # engine has room: it runs them at once, without a claim of its own.
+        claim = engine.reserve(url, len(new))
+        claimed = []
+        try:
+            claimed = storage.create_sync(new, now, claim)
+        finally:
+            loop.call_soon_threadsafe(engine.adopt, claim, claimed, len(new))
         return [c.id for c in new]
 
     server_loop: list[asyncio.AbstractEventLoop] = []

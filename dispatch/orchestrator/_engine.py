@@ -41,6 +41,7 @@ from ._metrics import Metrics
 from ._storage import (
     CANCELLED,
     CANCELLED_ERROR,
+    Claim,
     Claimed,
     Completion,
     Finish,
@@ -113,12 +114,36 @@ class Engine:
         """The endpoints whose calls this engine runs (None: every endpoint)."""
         self._turns: dict[str, int] = {}
         self.metrics = Metrics()
+        self._running = False
 
     def limiter(self, endpoint: str) -> Limiter:
         limiter = self.limiters.get(endpoint)
-        if limiter is None:
-            limiter = self.limiters[endpoint] = self._new_limiter()
+        if limiter is None:  # (setdefault: this may run in two threads at once)
+            limiter = self.limiters.setdefault(endpoint, self._new_limiter())
         return limiter
+
+    def reserve(self, endpoint: str, wanted: int) -> Claim | None:
+        """From any thread: room for up to ``wanted`` calls of ``endpoint``,
+        taken from its limit, for calls claimed outside the event loop (an
+        embedded application's dispatches, see ``Storage.create_sync``); None
+        if there is none. What is claimed with it goes to :meth:`adopt`."""
+        if not self._running or self._stopping:
+            return None  # (before run(), recovery would take the claims back)
+        if self.endpoints is not None and endpoint not in self.endpoints:
+            return None
+        taken = self.limiter(endpoint).take(wanted)
+        return Claim(self.owner, endpoint, taken, self.lease) if taken else None
+
+    def adopt(self, claim: Claim | None, claimed: list[Claimed], created: int) -> None:
+        """On the event loop: run the calls claimed with ``claim`` (from
+        :meth:`reserve`), and the room they did not use goes back; wake up
+        unless they are as many as the calls just ``created`` (then there
+        is nothing new for a claim of this engine's own)."""
+        if claim is not None:
+            self.limiter(claim.endpoint).give_back(claim.limit - len(claimed))
+            self._start(claimed, acquired=True)
+        if len(claimed) < created:
+            self.wake()
 
     def wake(self) -> None:
         """New work may be due (calls created, results delivered)."""
@@ -137,6 +162,7 @@ class Engine:
         recovered = await self.storage.recover(float("inf") if self.exclusive else now)
         if recovered:
             logger.info("recovered %d interrupted calls", recovered)
+        self._running = True
         renewing = asyncio.ensure_future(self._renew_leases())
         watching = asyncio.ensure_future(self._watch())
         try:
@@ -147,6 +173,7 @@ class Engine:
                 claimed = await self._fill(now, due.endpoints)
                 await self._sleep(claimed, now, due.next)
         finally:
+            self._running = False
             renewing.cancel()
             watching.cancel()
 
@@ -254,8 +281,8 @@ class Engine:
                 limiter.release(False)
             self.wake()
 
-    def _start(self, claimed: list[Claimed]) -> None:
-        if claimed:
+    def _start(self, claimed: list[Claimed], acquired: bool = False) -> None:
+        if claimed and not acquired:
             self.limiter(claimed[0].endpoint).acquire(len(claimed))
         for call in claimed:
             self._attempts[call.id] = asyncio.ensure_future(self._attempt(call))

@@ -7,10 +7,14 @@ flight grows by one per success until the first sign of struggle (slow
 start), then by one per window of successes (additive increase); it halves
 on struggle (multiplicative decrease), at most once per cooldown so that a
 burst of failures from one overload is one decrease, not ten.
+
+Its methods may be called from any thread (an embedded application's
+dispatches take room with :meth:`Limiter.take`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -36,23 +40,38 @@ class Limiter:
         self.in_flight = 0
         self.slow_start = True
         self._last_decrease = float("-inf")
+        self._lock = threading.Lock()
 
     def available(self) -> int:
         """How many more calls may start now."""
         return max(0, int(self.limit) - self.in_flight)
 
     def acquire(self, count: int = 1) -> None:
-        self.in_flight += count
+        with self._lock:
+            self.in_flight += count
+
+    def take(self, wanted: int) -> int:
+        """Acquire up to ``wanted`` calls, as many as there is room for; how many."""
+        with self._lock:
+            taken = min(wanted, max(0, int(self.limit) - self.in_flight))
+            self.in_flight += taken
+            return taken
+
+    def give_back(self, count: int) -> None:
+        """Calls acquired that did not start: no verdict on the endpoint."""
+        with self._lock:
+            self.in_flight = max(0, self.in_flight - count)
 
     def release(self, increase: bool) -> None:
         """A call finished; ``increase`` is its status's verdict on the endpoint."""
-        self.in_flight = max(0, self.in_flight - 1)
-        if increase:
-            step = 1.0 if self.slow_start else 1.0 / self.limit
-            self.limit = min(self.maximum, self.limit + step)
-            return
-        now = self.clock()
-        self.slow_start = False
-        if now - self._last_decrease >= self.cooldown:
-            self._last_decrease = now
-            self.limit = max(self.minimum, self.limit * self.decrease)
+        with self._lock:
+            self.in_flight = max(0, self.in_flight - 1)
+            if increase:
+                step = 1.0 if self.slow_start else 1.0 / self.limit
+                self.limit = min(self.maximum, self.limit + step)
+                return
+            now = self.clock()
+            self.slow_start = False
+            if now - self._last_decrease >= self.cooldown:
+                self._last_decrease = now
+                self.limit = max(self.minimum, self.limit * self.decrease)

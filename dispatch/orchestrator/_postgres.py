@@ -29,7 +29,10 @@ points (``?options=-csearch_path%3Dname`` in the URL for another schema).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
 import threading
 import time
 import uuid
@@ -48,6 +51,7 @@ from ._storage import (
     CallQuery,
     CallRecord,
     CallSummary,
+    Claim,
     Claimed,
     Completion,
     DatabaseUnavailable,
@@ -77,31 +81,34 @@ MIGRATION_LOCK = 0x64697370  # "disp": the advisory lock migrations take
 # never as long as a busy event loop takes to send the next statement.
 # They are made again, as written here, whenever a migration runs.
 _FUNCTIONS = r"""
--- Insert calls due now, from columns; how many were new (with existing_ok,
--- an id that exists is skipped, else it fails the statement).
-CREATE FUNCTION dispatch_insert(
-    ids text[], roots text[], parents text[], cids bigint[], functions text[],
-    endpoints text[], inputs bytea[], expires float8[], now float8, existing_ok boolean
-) RETURNS integer LANGUAGE plpgsql AS $$
+-- Insert calls due now, from a JSON array of them (see _calls); how many
+-- were new (with existing_ok, an id that exists is skipped, else it fails
+-- the statement).
+CREATE FUNCTION dispatch_insert(new_calls jsonb, now float8, existing_ok boolean)
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
 BEGIN
-    IF coalesce(cardinality(ids), 0) = 0 THEN
+    IF coalesce(jsonb_array_length(new_calls), 0) = 0 THEN
         RETURN 0;
     END IF;
     IF existing_ok THEN
         INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input,
                            state, due_at, created_at, expires_at)
-        SELECT i, r, p, c, f, e, b, 'pending', now, now, x
-        FROM unnest(ids, roots, parents, cids, functions, endpoints, inputs, expires)
-            AS t(i, r, p, c, f, e, b, x)
+        SELECT t.id, t.root, t.parent, t.cid, t.function, t.endpoint,
+            decode(t.input, 'base64'), 'pending', now, now, t.expires
+        FROM jsonb_to_recordset(new_calls) AS t(id text, root text, parent text, cid bigint,
+                                                function text, endpoint text, input text,
+                                                expires float8)
         ON CONFLICT (id) DO NOTHING;
     ELSE
         INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input,
                            state, due_at, created_at, expires_at)
-        SELECT i, r, p, c, f, e, b, 'pending', now, now, x
-        FROM unnest(ids, roots, parents, cids, functions, endpoints, inputs, expires)
-            AS t(i, r, p, c, f, e, b, x);
+        SELECT t.id, t.root, t.parent, t.cid, t.function, t.endpoint,
+            decode(t.input, 'base64'), 'pending', now, now, t.expires
+        FROM jsonb_to_recordset(new_calls) AS t(id text, root text, parent text, cid bigint,
+                                                function text, endpoint text, input text,
+                                                expires float8);
     END IF;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -109,22 +116,19 @@ END $$;
 
 -- Create root calls, all or none. An id that exists names that call (not
 -- created again) unless it is of another function or endpoint: SQLSTATE DP409.
-CREATE FUNCTION dispatch_create(
-    ids text[], roots text[], parents text[], cids bigint[], functions text[],
-    endpoints text[], inputs bytea[], expires float8[], now float8
-) RETURNS integer LANGUAGE plpgsql AS $$
+CREATE FUNCTION dispatch_create(new_calls jsonb, now float8)
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
     conflict record;
 BEGIN
-    n := dispatch_insert(ids, roots, parents, cids, functions, endpoints, inputs, expires,
-                         now, true);
-    IF n < cardinality(ids) THEN
+    n := dispatch_insert(new_calls, now, true);
+    IF n < jsonb_array_length(new_calls) THEN
         SELECT calls.id, calls.function, calls.endpoint INTO conflict
-        FROM calls JOIN unnest(ids, functions, endpoints, parents) AS t(i, f, e, p)
-            ON calls.id = t.i
-        WHERE (calls.function, calls.endpoint) IS DISTINCT FROM (t.f, t.e)
-            OR calls.parent_id IS DISTINCT FROM t.p
+        FROM calls JOIN jsonb_to_recordset(new_calls)
+            AS t(id text, parent text, function text, endpoint text) ON calls.id = t.id
+        WHERE (calls.function, calls.endpoint) IS DISTINCT FROM (t.function, t.endpoint)
+            OR calls.parent_id IS DISTINCT FROM t.parent
         LIMIT 1;
         IF FOUND THEN
             RAISE EXCEPTION 'dispatch id % names another call (% at %)',
@@ -156,15 +160,20 @@ CREATE FUNCTION dispatch_deliver(
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
+    ready boolean;
 BEGIN
     INSERT INTO results (parent_id, correlation_id, child_id, status, output, error)
     SELECT parent_id, correlation_id, id, result_status, result_output, result_error
     FROM calls WHERE id = child
     ON CONFLICT (child_id) DO NOTHING;
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- (Most results are not the last one their parent waits for: no second statement.)
     UPDATE calls SET undelivered = undelivered + n, outstanding = outstanding - 1
-    WHERE id = parent;
-    RETURN dispatch_wake(parent, now);
+    WHERE id = parent
+    RETURNING state = 'waiting'
+        AND (undelivered >= min_results OR (undelivered > 0 AND outstanding <= 0))
+    INTO ready;
+    RETURN coalesce(ready, false) AND dispatch_wake(parent, now);
 END $$;
 
 -- Cancel calls and their descendants that are not done; how many. With
@@ -295,36 +304,81 @@ BEGIN
     ORDER BY c.due_at;
 END $$;
 
--- Apply how an attempt ended, guarded by what its claimer saw (state,
--- owner, run); false, and nothing changed, if the claim was lost meanwhile.
--- kind: 'finish' (status, output, error), 'retry' (due, status, error,
--- restart, tail_function, tail_input) or 'suspend' (snapshot, min/max
--- results, wait_until, the children c_*, the correlation ids to cancel).
-CREATE FUNCTION dispatch_complete(
-    call_id text, owner text, run integer, attempt_number integer, parent text,
-    now float8, kind text, new_status integer, new_output bytea, new_error bytea,
-    due float8, restart boolean, tail_function text, tail_input bytea,
-    new_snapshot bytea, min_wanted integer, max_wanted integer, wait_limit float8,
-    cancel_cids bigint[], reported integer, duration float8, error_type text,
-    error_message text, snapshot_size integer, delivered_seqs bigint[],
-    new_frames bytea, error_traceback text, cancelling boolean,
-    c_ids text[], c_roots text[], c_parents text[], c_cids bigint[], c_functions text[],
-    c_endpoints text[], c_inputs bytea[], c_expires float8[],
-    d_ids text[], d_roots text[], d_parents text[], d_cids bigint[], d_functions text[],
-    d_endpoints text[], d_inputs bytea[], d_expires float8[]
-) RETURNS boolean LANGUAGE plpgsql AS $$
+-- Apply how an attempt ended (a JSON object, see _completion), guarded by
+-- what its claimer saw (state, owner, run); false, and nothing changed, if
+-- the claim was lost meanwhile. Its kind: 'finish' (status, output, error),
+-- 'retry' (due, status, error, restart, tail_function, tail_input) or
+-- 'suspend' (snapshot, min/max results, wait_until, the children, the
+-- correlation ids to cancel).
+CREATE FUNCTION dispatch_complete(completion jsonb) RETURNS boolean LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
+    call_id text := completion->>'id';
+    owner text := completion->>'owner';
+    run integer := completion->>'run';
+    attempt_number integer := completion->>'attempt';
+    parent text := completion->>'parent';
+    now float8 := completion->>'now';
+    kind text := completion->>'kind';
+    new_status integer := completion->>'status';
+    new_output bytea := decode(completion->>'output', 'base64');
+    new_error bytea := decode(completion->>'error', 'base64');
+    due float8 := completion->>'due';
+    restart boolean := completion->>'restart';
+    tail_function text := completion->>'tail_function';
+    tail_input bytea := decode(completion->>'tail_input', 'base64');
+    new_snapshot bytea := decode(completion->>'snapshot', 'base64');
+    min_wanted integer := completion->>'min_results';
+    max_wanted integer := completion->>'max_results';
+    wait_limit float8 := completion->>'wait_until';
+    cancel_cids bigint[] := ARRAY(SELECT jsonb_array_elements_text(completion->'cancel'));
+    reported integer := completion->>'reported';
+    duration float8 := completion->>'duration';
+    error_type text := completion->>'error_type';
+    error_message text := completion->>'error_message';
+    snapshot_size integer := completion->>'snapshot_size';
+    delivered_seqs bigint[] := ARRAY(SELECT jsonb_array_elements_text(completion->'delivered'));
+    new_frames bytea := decode(completion->>'frames', 'base64');
+    error_traceback text := completion->>'traceback';
+    cancelling boolean := completion->>'cancelling';
+    children jsonb := completion->'children';
+    n_delivered integer := cardinality(delivered_seqs);
     due_now boolean := false;
     cancel_time float8;
 BEGIN
-    SELECT cancelled_at INTO cancel_time FROM calls
-    WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run
-    FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN false;
+    -- The transition, guarded by what the claimer saw (and applied in one
+    -- statement unless the call was cancelled meanwhile).
+    IF kind = 'finish' THEN
+        UPDATE calls SET state = 'done', status = new_status, output = new_output,
+            error = new_error, finished_at = now, snapshot = NULL, frames = NULL,
+            lease_owner = NULL, undelivered = undelivered - n_delivered
+        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run
+            AND cancelled_at IS NULL;
+    ELSIF kind = 'retry' THEN
+        UPDATE calls SET state = 'pending', due_at = due, status = new_status,
+            error = new_error, lease_owner = NULL,
+            snapshot = CASE WHEN restart THEN NULL ELSE snapshot END, frames = NULL,
+            function = coalesce(tail_function, function), input = coalesce(tail_input, input),
+            attempt = CASE WHEN tail_function IS NOT NULL THEN 0 ELSE attempt END
+        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run
+            AND cancelled_at IS NULL;
+    ELSE
+        -- The next run is a new step: its attempts count from one again.
+        UPDATE calls SET state = 'waiting', snapshot = new_snapshot, frames = new_frames,
+            min_results = min_wanted, max_results = max_wanted, wait_until = wait_limit,
+            status = new_status, lease_owner = NULL, attempt = 0,
+            outstanding = outstanding + coalesce(jsonb_array_length(children), 0),
+            undelivered = undelivered - n_delivered
+        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run
+            AND cancelled_at IS NULL;
     END IF;
-    IF cancel_time IS NOT NULL THEN
+    IF NOT FOUND THEN
+        SELECT cancelled_at INTO cancel_time FROM calls
+        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run
+        FOR UPDATE;
+        IF cancel_time IS NULL THEN
+            RETURN false;  -- the claim was lost
+        END IF;
         IF kind = 'suspend' AND NOT cancelling THEN
             -- Cancelled while this run went on: resume it at once with the
             -- cancellation, for its cleanup; the calls it asks for are moot.
@@ -338,29 +392,11 @@ BEGIN
             new_status := {cancelled};
             new_output := NULL;
             new_error := {cancelled_error};
+            UPDATE calls SET state = 'done', status = new_status, output = NULL,
+                error = new_error, finished_at = now, snapshot = NULL, frames = NULL,
+                lease_owner = NULL, undelivered = undelivered - n_delivered
+            WHERE id = call_id;
         END IF;
-    END IF;
-    IF kind = 'cleanup' THEN
-        NULL;
-    ELSIF kind = 'finish' THEN
-        UPDATE calls SET state = 'done', status = new_status, output = new_output,
-            error = new_error, finished_at = now, snapshot = NULL, frames = NULL,
-            lease_owner = NULL
-        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
-    ELSIF kind = 'retry' THEN
-        UPDATE calls SET state = 'pending', due_at = due, status = new_status,
-            error = new_error, lease_owner = NULL,
-            snapshot = CASE WHEN restart THEN NULL ELSE snapshot END, frames = NULL,
-            function = coalesce(tail_function, function), input = coalesce(tail_input, input),
-            attempt = CASE WHEN tail_function IS NOT NULL THEN 0 ELSE attempt END
-        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
-    ELSE
-        -- The next run is a new step: its attempts count from one again.
-        UPDATE calls SET state = 'waiting', snapshot = new_snapshot, frames = new_frames,
-            min_results = min_wanted, max_results = max_wanted, wait_until = wait_limit,
-            status = new_status, lease_owner = NULL, attempt = 0,
-            outstanding = outstanding + coalesce(cardinality(c_ids), 0)
-        WHERE id = call_id AND state = 'running' AND lease_owner = owner AND runs = run;
     END IF;
     INSERT INTO attempts (call_id, number, attempt, started_at, finished_at, status,
                           error_type, error_message, snapshot_size, traceback)
@@ -375,14 +411,11 @@ BEGIN
         PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
         RETURN true;
     END IF;
-    IF kind <> 'retry' AND cardinality(delivered_seqs) > 0 THEN
+    IF kind <> 'retry' AND n_delivered > 0 THEN
         UPDATE results SET delivered = true WHERE seq = ANY(delivered_seqs);
-        UPDATE calls SET undelivered = undelivered - cardinality(delivered_seqs)
-        WHERE id = call_id;
     END IF;
     -- Independent calls the function dispatched while running.
-    IF dispatch_insert(d_ids, d_roots, d_parents, d_cids, d_functions, d_endpoints,
-                       d_inputs, d_expires, now, true) > 0 THEN
+    IF dispatch_insert(completion->'dispatched', now, true) > 0 THEN
         due_now := true;
     END IF;
     IF kind = 'retry' THEN
@@ -395,8 +428,7 @@ BEGIN
             UPDATE calls SET undelivered = 0 WHERE id = call_id;
         END IF;
     ELSIF kind = 'suspend' THEN
-        IF dispatch_insert(c_ids, c_roots, c_parents, c_cids, c_functions, c_endpoints,
-                           c_inputs, c_expires, now, false) > 0 THEN
+        IF dispatch_insert(children, now, false) > 0 THEN
             due_now := true;
         END IF;
         IF cardinality(cancel_cids) > 0 THEN
@@ -425,6 +457,18 @@ BEGIN
         PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
     END IF;
     RETURN true;
+END $$;
+
+-- Apply a batch of completions (a JSON array), in order; whether each was.
+CREATE FUNCTION dispatch_complete_many(batch jsonb) RETURNS boolean[] LANGUAGE plpgsql AS $$
+DECLARE
+    applied boolean[] := '{}';
+    completion jsonb;
+BEGIN
+    FOR completion IN SELECT value FROM jsonb_array_elements(batch) LOOP
+        applied := applied || dispatch_complete(completion);
+    END LOOP;
+    RETURN applied;
 END $$;
 """
 
@@ -499,39 +543,48 @@ MIGRATIONS = [
     CREATE INDEX calls_function ON calls (function, created_at);
     CREATE INDEX calls_failed ON calls (created_at) WHERE state = 'done' AND status != 1;
     """,
+    # 3: which definition of the functions the database holds (a digest).
+    """
+    ALTER TABLE schema_version ADD COLUMN functions text;
+    """,
 ]
 
 FUNCTIONS = (
-    "DROP FUNCTION IF EXISTS dispatch_complete, dispatch_claim, dispatch_cancel_children, "
-    "dispatch_cancel, dispatch_deliver, dispatch_wake, dispatch_create, dispatch_insert;"
+    "DROP FUNCTION IF EXISTS dispatch_complete_many, dispatch_complete, dispatch_claim, "
+    "dispatch_cancel_children, dispatch_cancel, dispatch_deliver, dispatch_wake, "
+    "dispatch_create, dispatch_insert;"
     + _FUNCTIONS.replace("{cancelled}", str(CANCELLED))
     .replace("{permanent_error}", str(Status.PERMANENT_ERROR.value))
     .replace("{cancelled_error}", f"'\\x{CANCELLED_ERROR.hex()}'::bytea")
 )
-"""The functions, made again (dropped first) after any migration."""
+"""The functions, made again (dropped first) whenever the database holds
+another definition of them (after a migration, or a change to their bodies)."""
 
-_ARRAYS = (
-    "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
-    "%s::bytea[], %s::float8[]"
+FUNCTIONS_DIGEST = hashlib.sha256(FUNCTIONS.encode()).hexdigest()[:16]
+
+_CREATE = "SELECT dispatch_create(%s::jsonb, %s)"
+
+# Create calls, then claim due ones (the new ones among them) in the same
+# statement; the claim refers to the creation's result, so it runs after it.
+_CREATE_AND_CLAIM = (
+    "WITH created AS MATERIALIZED (SELECT dispatch_create(%s::jsonb, %s) AS n) "
+    "SELECT c.* FROM created, LATERAL dispatch_claim(%s, %s, CASE WHEN created.n IS NULL "
+    "THEN 0 ELSE %s END, %s, %s, false) AS c"
 )
-
-_CREATE = f"SELECT dispatch_create({_ARRAYS}, %s)"
 
 _SENDER = "SELECT set_config('dispatch.sender', %s, false)"
 
 _CLAIM = "SELECT * FROM dispatch_claim(%s, %s, %s, %s, %s, %s)"
 
-_COMPLETE = (
-    "SELECT dispatch_complete(" + ", ".join(["%s"] * 28) + ", " + _ARRAYS + ", " + _ARRAYS + ")"
-)
-
-# complete, then claim in the same statement (one transaction): the claim's
-# arguments depend on the completion's result, so it runs after it.
+# A batch of completions, then the claims they make, in one statement (one
+# transaction): the claims refer to the completions' result, so they run after.
 _COMPLETE_AND_CLAIM = (
-    f"WITH completion AS MATERIALIZED ({_COMPLETE} AS completed) "
-    f"SELECT completion.completed, claimed.* FROM completion LEFT JOIN LATERAL "
-    f"dispatch_claim(%s, %s, CASE WHEN completion.completed IS NULL THEN 0 ELSE %s END, "
-    f"%s, %s, false) AS claimed ON true"
+    "WITH completion AS MATERIALIZED (SELECT dispatch_complete_many(%s::jsonb) AS applied) "
+    "SELECT completion.applied, claimed.* FROM completion LEFT JOIN LATERAL ("
+    "SELECT w.i, c.* FROM jsonb_to_recordset(%s::jsonb) "
+    "AS w(i integer, owner text, endpoint text, n integer, now float8, lease float8), "
+    "LATERAL dispatch_claim(w.owner, w.endpoint, CASE WHEN completion.applied IS NULL "
+    "THEN 0 ELSE w.n END, w.now, w.lease, false) AS c) claimed ON true"
 )
 
 FLUSHERS = 4
@@ -639,12 +692,17 @@ class PostgresStorage:
                 )
             for script in MIGRATIONS[version:]:
                 await db.execute(script.encode())
-            if version < len(MIGRATIONS):
-                await db.execute(FUNCTIONS.encode())
             if row is None:
-                await db.execute("INSERT INTO schema_version VALUES (%s)", (len(MIGRATIONS),))
-            else:
-                await db.execute("UPDATE schema_version SET version = %s", (len(MIGRATIONS),))
+                await db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            cursor = await db.execute("SELECT functions FROM schema_version")
+            (functions,) = await cursor.fetchone() or (None,)
+            if functions != FUNCTIONS_DIGEST:
+                await db.execute(FUNCTIONS.encode())
+            if version < len(MIGRATIONS) or functions != FUNCTIONS_DIGEST:
+                await db.execute(
+                    "UPDATE schema_version SET version = %s, functions = %s",
+                    (len(MIGRATIONS), FUNCTIONS_DIGEST),
+                )
 
         await self._run(work)
 
@@ -674,18 +732,29 @@ class PostgresStorage:
         if not calls:
             return
         with _conflicts():
-            await self._fetch(_CREATE, (*_columns(calls), now))
+            await self._fetch(_CREATE, (_calls(calls), now))
 
-    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
+    def create_sync(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
         """:meth:`create`, from any thread (an embedded application's), on a
-        connection of its own: a dispatch does not wait for the event loop."""
+        connection of its own: a dispatch does not wait for the event loop.
+        A claim goes in the same statement (one transaction)."""
         if not calls:
-            return
+            return []
         with self._creating, _conflicts():
             if self._creator is None or self._creator.closed:
                 self._creator = psycopg.connect(self.url, autocommit=True)
                 self._creator.execute(_SENDER, (self._sender,))
-            self._creator.execute(_CREATE, (*_columns(calls), now))
+            if claim is None or claim.limit <= 0:
+                self._creator.execute(_CREATE, (_calls(calls), now))
+                return []
+            cursor = self._creator.execute(
+                _CREATE_AND_CLAIM,
+                (_calls(calls), now, claim.owner, claim.endpoint, claim.limit, now, claim.lease),
+            )
+            rows = cursor.fetchall()
+        return [_claimed(row) for row in rows]
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
@@ -735,31 +804,25 @@ class PostgresStorage:
                         future.set_result(outcome)
 
     async def _complete_batch(self, batch: list[_Waiting]) -> list[tuple[bool, list[Claimed]]]:
-        several = len(batch) > 1
-
-        async def work(db: Conn) -> list[tuple[bool, list[Claimed]]]:
-            cursors = []
-            # Several statements go in one round trip; one goes as it is.
-            async with db.pipeline() if several else contextlib.nullcontext():
-                for completion, limit, lease, asked, _ in batch:
-                    call = completion.call
-                    # A lease counts from when the claim happens (see _claiming).
-                    claim = (completion.owner, call.endpoint, limit, completion.now)
-                    cursor = db.cursor()
-                    await cursor.execute(
-                        _COMPLETE_AND_CLAIM,
-                        (*_completion(completion), *claim, lease + time.monotonic() - asked),
-                    )
-                    cursors.append(cursor)
-            outcomes = []
-            for cursor in cursors:
-                rows = await cursor.fetchall()
-                claimed = [_claimed(row[1:]) for row in rows if row[1] is not None]
-                outcomes.append((bool(rows[0][0]), claimed))
-            return outcomes
-
-        # One transaction: all of the batch or none (a deadlock runs it again).
-        return await self._run(work, transaction=several)
+        # The claims: one per owner and endpoint, as wide as the widest asked
+        # (each was asked after its attempt released its slot: the latest
+        # counts them all), for a lease counted from when the claim happens
+        # (see _claiming); what it claims goes to the first that asked.
+        claims: dict[tuple[str, str], dict[str, Any]] = {}
+        for index, (completion, limit, lease, asked, _) in enumerate(batch):
+            key = (completion.owner, completion.call.endpoint)
+            lease += time.monotonic() - asked
+            claim = claims.setdefault(key, {"i": index, "owner": key[0], "endpoint": key[1]})
+            claim["n"] = max(claim.get("n", 0), limit)
+            claim["now"] = max(claim.get("now", 0.0), completion.now)
+            claim["lease"] = max(claim.get("lease", 0.0), lease)
+        completions = _json([_completion(completion) for completion, *_ in batch])
+        rows = await self._fetch(_COMPLETE_AND_CLAIM, (completions, _json(list(claims.values()))))
+        outcomes: list[tuple[bool, list[Claimed]]] = [(bool(a), []) for a in rows[0][0]]
+        for row in rows:
+            if row[1] is not None:
+                outcomes[row[1]][1].append(_claimed(row[2:]))
+        return outcomes
 
     async def _claiming(
         self, sql: str, parameters: Callable[[float], Sequence[Any]]
@@ -871,73 +934,86 @@ def _lock_order(waiting: _Waiting) -> tuple[str, str]:
     return (call.parent_id or call.id, call.id)
 
 
-def _columns(calls: Sequence[NewCall]) -> list[list[Any]]:
-    """``calls`` as the eight arrays the database functions take."""
-    return [
-        [call.id for call in calls],
-        [call.root_id for call in calls],
-        [call.parent_id for call in calls],
-        [call.correlation_id for call in calls],
-        [call.function for call in calls],
-        [call.endpoint for call in calls],
-        [call.input for call in calls],
-        [call.expires_at for call in calls],
-    ]
+def _json(value: Any) -> str:
+    # (No NaN or infinity: PostgreSQL's JSON has none.)
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
-def _completion(completion: Completion) -> tuple[Any, ...]:
-    """The arguments of ``dispatch_complete`` for ``completion``."""
+def _base64(data: bytes | None) -> str | None:
+    """Bytes in JSON (PostgreSQL decodes them with ``decode(..., 'base64')``)."""
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+def _call(call: NewCall) -> dict[str, Any]:
+    """A call to create, as ``dispatch_insert`` reads it."""
+    return {
+        "id": call.id,
+        "root": call.root_id,
+        "parent": call.parent_id,
+        "cid": call.correlation_id,
+        "function": call.function,
+        "endpoint": call.endpoint,
+        "input": _base64(call.input),
+        "expires": call.expires_at,
+    }
+
+
+def _calls(calls: Sequence[NewCall]) -> str:
+    """Calls to create: one JSON parameter (cheaper to send than columns)."""
+    return _json([_call(call) for call in calls])
+
+
+def _completion(completion: Completion) -> dict[str, Any]:
+    """``completion`` as ``dispatch_complete`` reads it."""
     call, transition = completion.call, completion.transition
-    kind, status, output, error = "suspend", completion.status, None, None
-    due, restart, tail_function, tail_input = None, False, None, None
-    snapshot, min_results, max_results, wait_until = None, None, None, None
-    frames = None
-    children: tuple[NewCall, ...] = ()
-    cancel: list[int] = []
+    fields: dict[str, Any] = {
+        "id": call.id,
+        "owner": completion.owner,
+        "run": call.run,
+        "attempt": call.attempt,
+        "parent": call.parent_id,
+        "now": completion.now,
+        "status": completion.status,
+        "reported": completion.status,
+        "duration": completion.duration,
+        "error_type": completion.error_type,
+        "error_message": completion.error_message,
+        "traceback": completion.traceback,
+        "snapshot_size": completion.snapshot_size,
+        "delivered": [result.seq for result in call.results],
+        "cancelling": call.cancelling,
+        "dispatched": [_call(each) for each in completion.dispatched],
+        "children": [],
+    }
     if isinstance(transition, Finish):
-        kind, status = "finish", transition.status
-        output, error = transition.output, transition.error
+        fields |= {
+            "kind": "finish",
+            "status": transition.status,
+            "output": _base64(transition.output),
+            "error": _base64(transition.error),
+        }
     elif isinstance(transition, Retry):
-        kind, status, error = "retry", transition.status, transition.error
-        due, restart = transition.due_at, transition.restart
-        tail_function, tail_input = transition.function, transition.input
+        fields |= {
+            "kind": "retry",
+            "status": transition.status,
+            "error": _base64(transition.error),
+            "due": transition.due_at,
+            "restart": transition.restart,
+            "tail_function": transition.function,
+            "tail_input": _base64(transition.input),
+        }
     else:
-        snapshot, min_results = transition.snapshot, transition.min_results
-        max_results, wait_until = transition.max_results, transition.wait_until
-        children, cancel = transition.children, list(transition.cancel)
-        frames = transition.frames
-    return (
-        call.id,
-        completion.owner,
-        call.run,
-        call.attempt,
-        call.parent_id,
-        completion.now,
-        kind,
-        status,
-        output,
-        error,
-        due,
-        restart,
-        tail_function,
-        tail_input,
-        snapshot,
-        min_results,
-        max_results,
-        wait_until,
-        cancel,
-        completion.status,
-        completion.duration,
-        completion.error_type,
-        completion.error_message,
-        completion.snapshot_size,
-        [result.seq for result in call.results],
-        frames,
-        completion.traceback,
-        call.cancelling,
-        *_columns(children),
-        *_columns(completion.dispatched),
-    )
+        fields |= {
+            "kind": "suspend",
+            "snapshot": _base64(transition.snapshot),
+            "min_results": transition.min_results,
+            "max_results": transition.max_results,
+            "wait_until": transition.wait_until,
+            "children": [_call(child) for child in transition.children],
+            "cancel": list(transition.cancel),
+            "frames": _base64(transition.frames),
+        }
+    return fields
 
 
 def _claimed(row: Sequence[Any]) -> Claimed:

@@ -25,6 +25,7 @@ from ._storage import (
     CallQuery,
     CallRecord,
     CallSummary,
+    Claim,
     Claimed,
     Completion,
     Due,
@@ -249,13 +250,13 @@ class SQLiteStorage:
     async def create(self, calls: Sequence[NewCall], now: float) -> None:
         self.create_sync(calls, now)
 
-    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
-        """:meth:`create`, from any thread."""
+    def create_sync(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
+        """:meth:`create`, from any thread (and a claim in the same transaction)."""
         with self._transaction() as db:
             created = _insert(db, calls, now, existing_ok=True)
-            if created == len(calls):
-                return
-            for call in calls:
+            for call in calls if created < len(calls) else ():
                 row = db.execute(
                     "SELECT function, endpoint, parent_id FROM calls WHERE id = ?", (call.id,)
                 ).fetchone()
@@ -263,6 +264,9 @@ class SQLiteStorage:
                     raise CallConflict(
                         f"dispatch id {call.id!r} names another call ({row[0]} at {row[1]})"
                     )
+            if claim is None or claim.limit <= 0:
+                return []
+            return _claim(db, claim.owner, claim.endpoint, claim.limit, now, claim.lease)
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float

@@ -125,6 +125,16 @@ def claimed(row: Sequence[Any], results: tuple[Result, ...] = ()) -> Claimed:
 
 
 @dataclass(frozen=True, slots=True)
+class Claim:
+    """Up to ``limit`` due calls of ``endpoint`` to claim for ``owner``, for ``lease`` seconds."""
+
+    owner: str
+    endpoint: str
+    limit: int
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The call is over: record its result (``output`` or msgpack ``error``)."""
 
@@ -302,9 +312,14 @@ class Storage(Protocol):
         twice), unless it is of another function or endpoint, which raises
         :class:`CallConflict` and creates none."""
 
-    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
+    def create_sync(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
         """:meth:`create`, blocking, from any thread: an embedded application's
-        dispatches, stored without waiting for the event loop's turn."""
+        dispatches, stored without waiting for the event loop's turn. With
+        ``claim``, due calls of its endpoint are claimed in the same
+        transaction (as :meth:`claim` does): the embedded orchestrator runs
+        them at once, without a claim of its own. The calls claimed."""
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float

@@ -32,6 +32,7 @@ from dispatch.orchestrator._storage import (
     AttemptRecord,
     CallQuery,
     CallSummary,
+    Claim,
     Claimed,
     Completion,
     Due,
@@ -76,8 +77,10 @@ class RecordingStorage:
     async def create(self, calls: Sequence[NewCall], now: float) -> None:
         await self.inner.create(calls, now)
 
-    def create_sync(self, calls: Sequence[NewCall], now: float) -> None:
-        self.inner.create_sync(calls, now)
+    def create_sync(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
+        return self.inner.create_sync(calls, now, claim)
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float

@@ -26,7 +26,7 @@ from postgres_server import postgres_database, postgres_schema
 
 from dispatch import Status
 from dispatch.orchestrator import DatabaseUnavailable, open_storage
-from dispatch.orchestrator._postgres import MIGRATIONS, PostgresStorage
+from dispatch.orchestrator._postgres import FUNCTIONS_DIGEST, MIGRATIONS, PostgresStorage
 from dispatch.orchestrator._storage import Claimed, Completion, Finish, NewCall, Suspend
 
 pytestmark = pytest.mark.timeout(120)
@@ -107,6 +107,29 @@ async def test_a_database_of_an_older_version_is_upgraded(url: str) -> None:
         [claimed] = await storage.claim("me", None, 10, time.time(), 60.0)
         assert claimed.id == "old" and not claimed.cancelling
         assert await storage.cancel("old", time.time()) == 1
+    finally:
+        await storage.close()
+
+
+async def test_functions_of_another_definition_are_made_again(url: str) -> None:
+    storage = PostgresStorage(url)
+    try:
+        await storage.migrate()
+        with psycopg.connect(url, autocommit=True) as connection:
+            # As left by a dispatch whose functions said something else.
+            connection.execute(
+                "CREATE OR REPLACE FUNCTION dispatch_wake(call_id text, now float8) "
+                "RETURNS boolean LANGUAGE sql AS 'SELECT false'"
+            )
+            connection.execute("UPDATE schema_version SET functions = 'older'")
+        await storage.migrate()
+        with psycopg.connect(url, autocommit=True) as connection:
+            source = connection.execute(
+                "SELECT prosrc FROM pg_proc WHERE proname = 'dispatch_wake'"
+            ).fetchone()
+            digest = connection.execute("SELECT functions FROM schema_version").fetchone()
+        assert source is not None and "UPDATE calls" in source[0]
+        assert digest == (FUNCTIONS_DIGEST,)
     finally:
         await storage.close()
 

@@ -25,6 +25,7 @@ from dispatch.orchestrator._storage import (
     AttemptRecord,
     CallQuery,
     CallRecord,
+    Claim,
     Claimed,
     Completion,
     Finish,
@@ -262,6 +263,26 @@ async def test_create_sync_from_another_thread(storage: Storage) -> None:
     with pytest.raises(CallConflict, match="'a'"):
         await asyncio.to_thread(storage.create_sync, [new("c"), new("a", function="g")], T)
     assert await storage.get("c") is None
+
+
+async def test_create_sync_claims_in_the_same_transaction(storage: Storage) -> None:
+    """An embedded orchestrator's room is claimed with the dispatch: no claim of its own."""
+    wanted = Claim(owner=OWNER, endpoint=EP, limit=2, lease=60.0)
+    claimed = await asyncio.to_thread(
+        storage.create_sync, [new("a"), new("b"), new("c")], T, wanted
+    )
+    assert sorted(call.id for call in claimed) == ["a", "b"]
+    assert all(call.attempt == 1 and call.run == 1 for call in claimed)
+    assert [await state(storage, call_id) for call_id in "abc"] == [RUNNING, RUNNING, PENDING]
+    # Its lease is the owner's: an answer from another owner is dropped.
+    finish = Completion(claimed[0], OTHER, Finish(Status.OK.value), T, 0.0, 0)
+    assert not await storage.complete(finish)
+    assert await storage.complete(Completion(claimed[0], OWNER, Finish(0), T, 0.0, 0))
+    # A conflict claims nothing (all or none).
+    with pytest.raises(CallConflict):
+        await asyncio.to_thread(storage.create_sync, [new("d"), new("a", function="g")], T, wanted)
+    assert await storage.get("d") is None
+    assert await state(storage, "c") == PENDING
 
 
 # --- claim ------------------------------------------------------------------------------------
