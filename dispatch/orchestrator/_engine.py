@@ -251,6 +251,7 @@ class Engine:
         started = self.clock()
         limiter = self.limiter(call.endpoint)
         released = False
+        wake = True
         try:
             completion = await self._run(call, started)
             status = Status(completion.status) if completion.status >= 0 else None
@@ -266,6 +267,16 @@ class Engine:
             )
             self.metrics.completed(completion, applied=completed)
             self._start(claimed)
+            # The claim above took what this answer made due on its endpoint;
+            # the loop looks for the rest (a parent or calls elsewhere, a
+            # retry's or a wait's due time) unless there can be none: a root
+            # call finished without dispatching anything.
+            wake = not (
+                completed
+                and isinstance(completion.transition, Finish)
+                and call.parent_id is None
+                and not completion.dispatched
+            )
             if not completed:
                 logger.info("call %s: lost its claim; its answer was dropped", call.id)
         except Exception:
@@ -279,7 +290,8 @@ class Engine:
                 del self._attempts[call.id]
             if not released:
                 limiter.release(False)
-            self.wake()
+            if wake:
+                self.wake()
 
     def _start(self, claimed: list[Claimed], acquired: bool = False) -> None:
         if claimed and not acquired:

@@ -944,6 +944,11 @@ def _base64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
+def _text(text: str | None) -> str | None:
+    """What an endpoint reported, storable: PostgreSQL's text holds no NUL."""
+    return text.replace("\x00", "\\x00") if text is not None and "\x00" in text else text
+
+
 def _call(call: NewCall) -> dict[str, Any]:
     """A call to create, as ``dispatch_insert`` reads it."""
     return {
@@ -976,9 +981,9 @@ def _completion(completion: Completion) -> dict[str, Any]:
         "status": completion.status,
         "reported": completion.status,
         "duration": completion.duration,
-        "error_type": completion.error_type,
-        "error_message": completion.error_message,
-        "traceback": completion.traceback,
+        "error_type": _text(completion.error_type),
+        "error_message": _text(completion.error_message),
+        "traceback": _text(completion.traceback),
         "snapshot_size": completion.snapshot_size,
         "delivered": [result.seq for result in call.results],
         "cancelling": call.cancelling,

@@ -395,6 +395,21 @@ async def test_resume_carries_at_most_max_results(storage: Storage) -> None:
 # --- complete: Finish ------------------------------------------------------------------------
 
 
+async def test_an_error_message_with_nul_characters_is_recorded(storage: Storage) -> None:
+    """Whatever an exception's message holds (bytes in it, say), the answer is recorded."""
+    await storage.create([new("a")], T)
+    call = await claim_one(storage, "a", T)
+    result = Completion(
+        call, OWNER, Finish(Status.PERMANENT_ERROR.value), T, 0.0, 0, "E", "a\x00b", "t\x00"
+    )
+    assert await storage.complete(result)
+    record = await storage.get("a")
+    assert record is not None and record.state == DONE
+    [attempt] = record.attempts
+    assert attempt.error_message is not None and attempt.error_message.startswith("a")
+    assert attempt.error_message.endswith("b")
+
+
 async def test_finish_records_the_result(storage: Storage) -> None:
     await storage.create([new("a")], T)
     call = await claim_one(storage, "a", T)
