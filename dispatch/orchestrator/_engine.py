@@ -270,11 +270,13 @@ class Engine:
             # The claim above took what this answer made due on its endpoint;
             # the loop looks for the rest (a parent or calls elsewhere, a
             # retry's or a wait's due time) unless there can be none: a root
-            # call finished without dispatching anything.
+            # call finished in its first run (no children to cancel) without
+            # dispatching anything.
             wake = not (
                 completed
                 and isinstance(completion.transition, Finish)
                 and call.parent_id is None
+                and call.run == 1
                 and not completion.dispatched
             )
             if not completed:
