@@ -79,7 +79,8 @@ MIGRATION_LOCK = 0x64697370  # "disp": the advisory lock migrations take
 # The hot operations are functions in the database: each is one statement,
 # so one round trip and a transaction that lasts as long as the server needs,
 # never as long as a busy event loop takes to send the next statement.
-# They are made again, as written here, whenever a migration runs.
+# They are made again, as written here, whenever the database holds another
+# definition of them (see FUNCTIONS_DIGEST).
 _FUNCTIONS = r"""
 -- Insert calls due now, from a JSON array of them (see _calls); how many
 -- were new (with existing_ok, an id that exists is skipped, else it fails
