@@ -232,29 +232,26 @@ class Dashboard:
         return record
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
+def _dashboard(tmp_path: Path, key: str | None) -> Iterator[Dashboard]:
     storage = SQLiteStorage(str(tmp_path / "dispatch.db"))
     calls = asyncio.run(populate(storage))
     engine = Engine(storage, HTTPInvoker(), None)
     try:
-        with TestClient(api_app(engine, KEY), base_url="http://testserver") as client:
+        with TestClient(api_app(engine, key), base_url="http://testserver") as client:
             yield Dashboard(client, calls, storage)
     finally:
         asyncio.run(storage.close())
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[Dashboard]:
+    yield from _dashboard(tmp_path, KEY)
 
 
 @pytest.fixture
 def open_dashboard(tmp_path: Path) -> Iterator[Dashboard]:
     """The same, on an orchestrator without an API key."""
-    storage = SQLiteStorage(str(tmp_path / "dispatch.db"))
-    calls = asyncio.run(populate(storage))
-    engine = Engine(storage, HTTPInvoker(), None)
-    try:
-        with TestClient(api_app(engine, None), base_url="http://testserver") as client:
-            yield Dashboard(client, calls, storage)
-    finally:
-        asyncio.run(storage.close())
+    yield from _dashboard(tmp_path, None)
 
 
 # --- real servers --------------------------------------------------------------------------
