@@ -78,6 +78,20 @@ class RetryPolicy:
         return base * (1.0 - self.jitter * random.random())
 
 
+LOOK = 1.0
+"""Seconds at most between two looks of the engine's loop for due calls."""
+
+
+def _due_soon(transition: Transition, now: float) -> bool:
+    """Whether ``transition`` makes its call due before the loop looks again
+    anyway (a retry's backoff, a wait's max wait), or at once."""
+    if isinstance(transition, Retry):
+        return transition.due_at < now + LOOK
+    if isinstance(transition, Suspend):
+        return transition.wait_until < now + LOOK
+    return False
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 
@@ -206,9 +220,9 @@ class Engine:
         if due is None or (due <= filled and not claimed):
             # Nothing due, or due when we filled but no endpoint had room: an
             # attempt finishing (or new calls) will wake us.
-            timeout = 1.0
+            timeout = LOOK
         else:
-            timeout = min(1.0, max(0.0, due - self.clock()))
+            timeout = min(LOOK, max(0.0, due - self.clock()))
         if timeout <= 0:
             await asyncio.sleep(0)  # let the attempts just started run
             return
@@ -262,24 +276,17 @@ class Engine:
             released = True
             # What this answer made due on the endpoint starts at once, as far
             # as the endpoint has room.
-            completed, claimed = await self.storage.complete_and_claim(
+            done = await self.storage.complete_and_claim(
                 completion, limiter.available(), self.lease
             )
-            self.metrics.completed(completion, applied=completed)
-            self._start(claimed)
-            # The claim above took what this answer made due on its endpoint;
-            # the loop looks for the rest (a parent or calls elsewhere, a
-            # retry's or a wait's due time) unless there can be none: a root
-            # call finished in its first run (no children to cancel) without
-            # dispatching anything.
-            wake = not (
-                completed
-                and isinstance(completion.transition, Finish)
-                and call.parent_id is None
-                and call.run == 1
-                and not completion.dispatched
-            )
-            if not completed:
+            self.metrics.completed(completion, applied=done.applied)
+            self._start(done.claimed)
+            # The claim above took what this answer made due on its endpoint,
+            # as far as there was room; the loop looks for the rest (calls due
+            # elsewhere, or beyond that room), and for a retry's or a wait's
+            # due time that comes before it would look again anyway.
+            wake = done.more_due or _due_soon(completion.transition, completion.now)
+            if not done.applied:
                 logger.info("call %s: lost its claim; its answer was dropped", call.id)
         except Exception:
             logger.exception(

@@ -53,6 +53,7 @@ from ._storage import (
     CallSummary,
     Claim,
     Claimed,
+    Completed,
     Completion,
     DatabaseUnavailable,
     Due,
@@ -61,6 +62,7 @@ from ._storage import (
     Result,
     Retry,
     claimed,
+    first_run,
     read_call,
     read_counts,
     read_list,
@@ -82,49 +84,68 @@ MIGRATION_LOCK = 0x64697370  # "disp": the advisory lock migrations take
 # They are made again, as written here, whenever the database holds another
 # definition of them (see FUNCTIONS_DIGEST).
 _FUNCTIONS = r"""
--- Insert calls due now, from a JSON array of them (see _calls); how many
--- were new (with existing_ok, an id that exists is skipped, else it fails
--- the statement).
-CREATE FUNCTION dispatch_insert(new_calls jsonb, now float8, existing_ok boolean)
-RETURNS integer LANGUAGE plpgsql AS $$
+-- Insert calls due now, from a JSON array of them (see _calls): how many
+-- were new, and the ids of those claimed as they were inserted. An id that
+-- exists is skipped with existing_ok, else it fails the statement. With an
+-- owner, the first max_calls new calls of of_endpoint are inserted claimed
+-- (running, their first attempt leased to owner, as dispatch_claim would
+-- make them): no second write of their rows.
+CREATE FUNCTION dispatch_insert(
+    new_calls jsonb, now float8, existing_ok boolean, owner text DEFAULT NULL,
+    of_endpoint text DEFAULT NULL, max_calls integer DEFAULT 0, lease float8 DEFAULT 0,
+    OUT inserted integer, OUT claimed text[]
+) LANGUAGE plpgsql AS $$
 DECLARE
-    n integer;
+    -- (A lease counts from when the claim happens, as in dispatch_claim.)
+    lease_until float8 := now + lease
+        + extract(epoch FROM clock_timestamp() - statement_timestamp());
 BEGIN
+    inserted := 0;
+    claimed := '{}';
     IF coalesce(jsonb_array_length(new_calls), 0) = 0 THEN
-        RETURN 0;
+        RETURN;
     END IF;
-    IF existing_ok THEN
+    WITH t AS (
+        SELECT t.*, owner IS NOT NULL AND t.endpoint = of_endpoint
+            AND count(*) FILTER (WHERE t.endpoint = of_endpoint) OVER (ORDER BY e.ord)
+                <= max_calls AS take
+        FROM jsonb_array_elements(new_calls) WITH ORDINALITY AS e(value, ord),
+            jsonb_to_record(e.value) AS t(id text, root text, parent text, cid bigint,
+                                          function text, endpoint text, input text,
+                                          expires float8)
+    ), made AS (
         INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input,
-                           state, due_at, created_at, expires_at)
+                           state, due_at, created_at, expires_at, lease_owner, lease_expires,
+                           attempt, runs)
         SELECT t.id, t.root, t.parent, t.cid, t.function, t.endpoint,
-            decode(t.input, 'base64'), 'pending', now, now, t.expires
-        FROM jsonb_to_recordset(new_calls) AS t(id text, root text, parent text, cid bigint,
-                                                function text, endpoint text, input text,
-                                                expires float8)
-        ON CONFLICT (id) DO NOTHING;
-    ELSE
-        INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input,
-                           state, due_at, created_at, expires_at)
-        SELECT t.id, t.root, t.parent, t.cid, t.function, t.endpoint,
-            decode(t.input, 'base64'), 'pending', now, now, t.expires
-        FROM jsonb_to_recordset(new_calls) AS t(id text, root text, parent text, cid bigint,
-                                                function text, endpoint text, input text,
-                                                expires float8);
+            decode(t.input, 'base64'), CASE WHEN t.take THEN 'running' ELSE 'pending' END,
+            now, now, t.expires, CASE WHEN t.take THEN owner END,
+            CASE WHEN t.take THEN lease_until END, t.take::integer, t.take::integer
+        FROM t
+        ON CONFLICT (id) DO NOTHING
+        RETURNING calls.id, calls.state
+    )
+    SELECT count(*), coalesce(array_agg(made.id) FILTER (WHERE made.state = 'running'), '{}')
+    INTO inserted, claimed FROM made;
+    IF NOT existing_ok AND inserted < jsonb_array_length(new_calls) THEN
+        RAISE unique_violation USING MESSAGE = 'a call to create exists already';
     END IF;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN n;
 END $$;
 
--- Create root calls, all or none. An id that exists names that call (not
--- created again) unless it is of another function or endpoint: SQLSTATE DP409.
-CREATE FUNCTION dispatch_create(new_calls jsonb, now float8)
-RETURNS integer LANGUAGE plpgsql AS $$
+-- Create root calls, all or none (claiming some as dispatch_insert does):
+-- the ids claimed. An id that exists names that call (not created again)
+-- unless it is of another function or endpoint: SQLSTATE DP409.
+CREATE FUNCTION dispatch_create(
+    new_calls jsonb, now float8, owner text DEFAULT NULL, of_endpoint text DEFAULT NULL,
+    max_calls integer DEFAULT 0, lease float8 DEFAULT 0
+) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
-    n integer;
+    made record;
     conflict record;
 BEGIN
-    n := dispatch_insert(new_calls, now, true);
-    IF n < jsonb_array_length(new_calls) THEN
+    SELECT * INTO made
+    FROM dispatch_insert(new_calls, now, true, owner, of_endpoint, max_calls, lease);
+    IF made.inserted < jsonb_array_length(new_calls) THEN
         SELECT calls.id, calls.function, calls.endpoint INTO conflict
         FROM calls JOIN jsonb_to_recordset(new_calls)
             AS t(id text, parent text, function text, endpoint text) ON calls.id = t.id
@@ -137,10 +158,11 @@ BEGIN
                 USING ERRCODE = 'DP409';
         END IF;
     END IF;
-    IF n > 0 THEN
+    -- (What this process claimed, nobody else needs to hear of.)
+    IF made.inserted > cardinality(made.claimed) THEN
         PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
     END IF;
-    RETURN n;
+    RETURN made.claimed;
 END $$;
 
 -- Make a waiting call due if it has the results it asked for, or has some
@@ -416,7 +438,7 @@ BEGIN
         UPDATE results SET delivered = true WHERE seq = ANY(delivered_seqs);
     END IF;
     -- Independent calls the function dispatched while running.
-    IF dispatch_insert(completion->'dispatched', now, true) > 0 THEN
+    IF (dispatch_insert(completion->'dispatched', now, true)).inserted > 0 THEN
         due_now := true;
     END IF;
     IF kind = 'retry' THEN
@@ -429,7 +451,7 @@ BEGIN
             UPDATE calls SET undelivered = 0 WHERE id = call_id;
         END IF;
     ELSIF kind = 'suspend' THEN
-        IF dispatch_insert(children, now, false) > 0 THEN
+        IF (dispatch_insert(children, now, false)).inserted > 0 THEN
             due_now := true;
         END IF;
         IF cardinality(cancel_cids) > 0 THEN
@@ -455,7 +477,9 @@ BEGIN
         END IF;
     END IF;
     IF due_now THEN
-        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+        -- Other processes hear of it once the claims that follow took what
+        -- they could, if anything is left (see dispatch_due_now).
+        PERFORM set_config('dispatch.made_due', 'on', true);
     END IF;
     RETURN true;
 END $$;
@@ -470,6 +494,22 @@ BEGIN
         applied := applied || dispatch_complete(completion);
     END LOOP;
     RETURN applied;
+END $$;
+
+-- Whether calls are due at now (pending, or waiting past their max wait):
+-- after a batch of completions and their claims (their count, after,
+-- orders this after them), whether the engines' loops have work left. If
+-- the completions made calls due, other processes are told then.
+CREATE FUNCTION dispatch_due_now(now float8, after bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    more boolean := EXISTS (SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now)
+        OR EXISTS (SELECT 1 FROM calls WHERE state = 'waiting' AND wait_until <= now);
+BEGIN
+    IF more AND current_setting('dispatch.made_due', true) = 'on' THEN
+        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+    END IF;
+    RETURN more;
 END $$;
 """
 
@@ -551,9 +591,9 @@ MIGRATIONS = [
 ]
 
 FUNCTIONS = (
-    "DROP FUNCTION IF EXISTS dispatch_complete_many, dispatch_complete, dispatch_claim, "
-    "dispatch_cancel_children, dispatch_cancel, dispatch_deliver, dispatch_wake, "
-    "dispatch_create, dispatch_insert;"
+    "DROP FUNCTION IF EXISTS dispatch_due_now, dispatch_complete_many, dispatch_complete, "
+    "dispatch_claim, dispatch_cancel_children, dispatch_cancel, dispatch_deliver, "
+    "dispatch_wake, dispatch_create, dispatch_insert;"
     + _FUNCTIONS.replace("{cancelled}", str(CANCELLED))
     .replace("{permanent_error}", str(Status.PERMANENT_ERROR.value))
     .replace("{cancelled_error}", f"'\\x{CANCELLED_ERROR.hex()}'::bytea")
@@ -563,15 +603,7 @@ another definition of them (after a migration, or a change to their bodies)."""
 
 FUNCTIONS_DIGEST = hashlib.sha256(FUNCTIONS.encode()).hexdigest()[:16]
 
-_CREATE = "SELECT dispatch_create(%s::jsonb, %s)"
-
-# Create calls, then claim due ones (the new ones among them) in the same
-# statement; the claim refers to the creation's result, so it runs after it.
-_CREATE_AND_CLAIM = (
-    "WITH created AS MATERIALIZED (SELECT dispatch_create(%s::jsonb, %s) AS n) "
-    "SELECT c.* FROM created, LATERAL dispatch_claim(%s, %s, CASE WHEN created.n IS NULL "
-    "THEN 0 ELSE %s END, %s, %s, false) AS c"
-)
+_CREATE = "SELECT dispatch_create(%s::jsonb, %s, %s, %s, %s, %s)"
 
 _SENDER = "SELECT set_config('dispatch.sender', %s, false)"
 
@@ -580,12 +612,14 @@ _CLAIM = "SELECT * FROM dispatch_claim(%s, %s, %s, %s, %s, %s)"
 # A batch of completions, then the claims they make, in one statement (one
 # transaction): the claims refer to the completions' result, so they run after.
 _COMPLETE_AND_CLAIM = (
-    "WITH completion AS MATERIALIZED (SELECT dispatch_complete_many(%s::jsonb) AS applied) "
-    "SELECT completion.applied, claimed.* FROM completion LEFT JOIN LATERAL ("
-    "SELECT w.i, c.* FROM jsonb_to_recordset(%s::jsonb) "
+    "WITH completion AS MATERIALIZED (SELECT dispatch_complete_many(%s::jsonb) AS applied), "
+    "claimed AS MATERIALIZED (SELECT w.i, c.* FROM completion, jsonb_to_recordset(%s::jsonb) "
     "AS w(i integer, owner text, endpoint text, n integer, now float8, lease float8), "
     "LATERAL dispatch_claim(w.owner, w.endpoint, CASE WHEN completion.applied IS NULL "
-    "THEN 0 ELSE w.n END, w.now, w.lease, false) AS c) claimed ON true"
+    "THEN 0 ELSE w.n END, w.now, w.lease, false) AS c), "
+    "more AS MATERIALIZED (SELECT dispatch_due_now(%s, (SELECT count(*) FROM claimed)) AS due) "
+    "SELECT completion.applied, more.due, claimed.* "
+    "FROM completion CROSS JOIN more LEFT JOIN claimed ON true"
 )
 
 FLUSHERS = 4
@@ -595,7 +629,7 @@ BATCH = 64
 
 # A completion waiting to be applied: with its claim's limit and lease, when
 # it was asked for, and the future its answer goes to.
-_Waiting = tuple[Completion, int, float, float, "asyncio.Future[tuple[bool, list[Claimed]]]"]
+_Waiting = tuple[Completion, int, float, float, "asyncio.Future[Completed]"]
 
 _RETRIED = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
@@ -733,29 +767,32 @@ class PostgresStorage:
         if not calls:
             return
         with _conflicts():
-            await self._fetch(_CREATE, (_calls(calls), now))
+            await self._fetch(_CREATE, (_calls(calls), now, *_claim_fields(None)))
 
     def create_sync(
         self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
     ) -> list[Claimed]:
         """:meth:`create`, from any thread (an embedded application's), on a
         connection of its own: a dispatch does not wait for the event loop.
-        A claim goes in the same statement (one transaction)."""
+        The calls claimed are new ones, inserted claimed (one write each)."""
         if not calls:
             return []
         with self._creating, _conflicts():
             if self._creator is None or self._creator.closed:
                 self._creator = psycopg.connect(self.url, autocommit=True)
                 self._creator.execute(_SENDER, (self._sender,))
-            if claim is None or claim.limit <= 0:
-                self._creator.execute(_CREATE, (_calls(calls), now))
-                return []
+            owner, endpoint, limit, lease = _claim_fields(claim)
             cursor = self._creator.execute(
-                _CREATE_AND_CLAIM,
-                (_calls(calls), now, claim.owner, claim.endpoint, claim.limit, now, claim.lease),
+                _CREATE, (_calls(calls), now, owner, endpoint, limit, lease)
             )
-            rows = cursor.fetchall()
-        return [_claimed(row) for row in rows]
+            row = cursor.fetchone()
+        taken = set(row[0]) if row is not None else set()
+        claimed = []
+        for call in calls:
+            if call.id in taken:
+                taken.discard(call.id)  # (an id given twice is one call)
+                claimed.append(first_run(call, now))
+        return claimed
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
@@ -766,14 +803,13 @@ class PostgresStorage:
         return [_claimed(row) for row in rows]
 
     async def complete(self, completion: Completion) -> bool:
-        completed, _ = await self.complete_and_claim(completion, 0, 0.0)
-        return completed
+        return (await self.complete_and_claim(completion, 0, 0.0)).applied
 
     async def complete_and_claim(
         self, completion: Completion, limit: int, lease: float
-    ) -> tuple[bool, list[Claimed]]:
+    ) -> Completed:
         # Completions that arrive together are applied together (see _flush).
-        future: asyncio.Future[tuple[bool, list[Claimed]]] = asyncio.Future()
+        future: asyncio.Future[Completed] = asyncio.Future()
         self._completions.append((completion, limit, lease, time.monotonic(), future))
         if len(self._flushers) < FLUSHERS:
             flusher = asyncio.ensure_future(self._flush())
@@ -804,7 +840,7 @@ class PostgresStorage:
                     if not future.done():
                         future.set_result(outcome)
 
-    async def _complete_batch(self, batch: list[_Waiting]) -> list[tuple[bool, list[Claimed]]]:
+    async def _complete_batch(self, batch: list[_Waiting]) -> list[Completed]:
         # The claims: one per owner and endpoint, as wide as the widest asked
         # (each was asked after its attempt released its slot: the latest
         # counts them all), for a lease counted from when the claim happens
@@ -818,11 +854,15 @@ class PostgresStorage:
             claim["now"] = max(claim.get("now", 0.0), completion.now)
             claim["lease"] = max(claim.get("lease", 0.0), lease)
         completions = _json([_completion(completion) for completion, *_ in batch])
-        rows = await self._fetch(_COMPLETE_AND_CLAIM, (completions, _json(list(claims.values()))))
-        outcomes: list[tuple[bool, list[Claimed]]] = [(bool(a), []) for a in rows[0][0]]
+        now = max(completion.now for completion, *_ in batch)
+        rows = await self._fetch(
+            _COMPLETE_AND_CLAIM, (completions, _json(list(claims.values())), now)
+        )
+        (applied, more_due, *_), *_ = rows
+        outcomes = [Completed(bool(a), [], more_due) for a in applied]
         for row in rows:
-            if row[1] is not None:
-                outcomes[row[1]][1].append(_claimed(row[2:]))
+            if row[2] is not None:
+                outcomes[row[2]].claimed.append(_claimed(row[3:]))
         return outcomes
 
     async def _claiming(
@@ -927,6 +967,13 @@ def _conflicts() -> Iterator[None]:
         if error.sqlstate == "DP409":
             raise CallConflict(error.diag.message_primary) from None
         raise
+
+
+def _claim_fields(claim: Claim | None) -> tuple[str | None, str | None, int, float]:
+    """``dispatch_create``'s owner, endpoint, limit and lease for ``claim``."""
+    if claim is None:
+        return None, None, 0, 0.0
+    return claim.owner, claim.endpoint, claim.limit, claim.lease
 
 
 def _lock_order(waiting: _Waiting) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from ._storage import (
     CallSummary,
     Claim,
     Claimed,
+    Completed,
     Completion,
     Due,
     Finish,
@@ -281,19 +282,23 @@ class SQLiteStorage:
             return _claim(db, owner, endpoint, limit, now, lease)
 
     async def complete(self, completion: Completion) -> bool:
-        completed, _ = await self.complete_and_claim(completion, 0, 0.0)
-        return completed
+        return (await self.complete_and_claim(completion, 0, 0.0)).applied
 
     async def complete_and_claim(
         self, completion: Completion, limit: int, lease: float
-    ) -> tuple[bool, list[Claimed]]:
+    ) -> Completed:
         with self._transaction() as db:
             completed = _complete(db, completion)
             claimed = []
+            owner, endpoint, now = completion.owner, completion.call.endpoint, completion.now
             if limit > 0:
-                owner, endpoint, now = completion.owner, completion.call.endpoint, completion.now
                 claimed = _claim(db, owner, endpoint, limit, now, lease)
-        return completed, claimed
+            (more_due,) = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= ?) "
+                "OR EXISTS (SELECT 1 FROM calls WHERE state = 'waiting' AND wait_until <= ?)",
+                (now, now),
+            ).fetchone()
+        return Completed(completed, claimed, bool(more_due))
 
     async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
         if not ids:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .. import _wire
 from .._status import Status
@@ -122,6 +122,34 @@ def claimed(row: Sequence[Any], results: tuple[Result, ...] = ()) -> Claimed:
         results=results,
         cancelling=row[11] is not None and row[6] is not None,
     )
+
+
+def first_run(call: NewCall, now: float) -> Claimed:
+    """``call`` claimed for its first attempt as it was created at ``now``."""
+    return Claimed(
+        id=call.id,
+        root_id=call.root_id,
+        parent_id=call.parent_id,
+        function=call.function,
+        endpoint=call.endpoint,
+        input=call.input,
+        snapshot=None,
+        attempt=1,
+        run=1,
+        created_at=now,
+        expires_at=call.expires_at,
+    )
+
+
+class Completed(NamedTuple):
+    """What :meth:`Storage.complete_and_claim` did."""
+
+    applied: bool
+    """The completion was applied (False: its claim was lost; nothing changed)."""
+    claimed: list[Claimed]
+    more_due: bool
+    """Calls are due (on any endpoint) that the claim did not take: work for
+    the engine's loop. (After the claim, in the same transaction.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,9 +345,11 @@ class Storage(Protocol):
     ) -> list[Claimed]:
         """:meth:`create`, blocking, from any thread: an embedded application's
         dispatches, stored without waiting for the event loop's turn. With
-        ``claim``, due calls of its endpoint are claimed in the same
-        transaction (as :meth:`claim` does): the embedded orchestrator runs
-        them at once, without a claim of its own. The calls claimed."""
+        ``claim``, up to ``claim.limit`` calls of its endpoint are claimed in
+        the same transaction (due ones by due time on SQLite, as :meth:`claim`
+        does; the new ones, inserted claimed, on PostgreSQL): the embedded
+        orchestrator runs them at once, without a claim of its own. The
+        calls claimed."""
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
@@ -334,11 +364,12 @@ class Storage(Protocol):
 
     async def complete_and_claim(
         self, completion: Completion, limit: int, lease: float
-    ) -> tuple[bool, list[Claimed]]:
+    ) -> Completed:
         """:meth:`complete`, then :meth:`claim` of up to ``limit`` calls of the
         same endpoint for the same owner at ``completion.now``, in one
         transaction: the children a coroutine just made, or the parent a
-        result just woke, start without waiting for the next claim."""
+        result just woke, start without waiting for the next claim; and
+        whether calls are due that the claim did not take."""
 
     async def renew(self, owner: str, ids: Sequence[str], until: float) -> None:
         """Extend the leases of calls still being run by ``owner``."""

@@ -34,6 +34,7 @@ from dispatch.orchestrator._storage import (
     CallSummary,
     Claim,
     Claimed,
+    Completed,
     Completion,
     Due,
 )
@@ -93,7 +94,7 @@ class RecordingStorage:
 
     async def complete_and_claim(
         self, completion: Completion, limit: int, lease: float
-    ) -> tuple[bool, list[Claimed]]:
+    ) -> Completed:
         self.completions.append(completion)
         return await self.inner.complete_and_claim(completion, limit, lease)
 

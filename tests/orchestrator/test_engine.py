@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatch import Status, _wire
 from dispatch._signature import sign_request
 from dispatch.orchestrator import Invoker, Limiter, NewCall, RetryPolicy, SQLiteStorage
-from dispatch.orchestrator._storage import DONE, RUNNING, Claimed, Completion, Finish, Retry
+from dispatch.orchestrator._storage import DONE, RUNNING, Completed, Completion, Finish, Retry
 
 from . import functions
 from .harness import ENDPOINT, FAST, Env, Keys, RecordingStorage, finished, statuses
@@ -297,7 +297,7 @@ class FailingOnce(RecordingStorage):
 
     async def complete_and_claim(
         self, completion: Completion, limit: int, lease: float
-    ) -> tuple[bool, list[Claimed]]:
+    ) -> Completed:
         if not self.completions:
             self.completions.append(completion)
             raise sqlite3.OperationalError("database is locked")

@@ -27,7 +27,7 @@ from postgres_server import postgres_database, postgres_schema
 from dispatch import Status
 from dispatch.orchestrator import DatabaseUnavailable, open_storage
 from dispatch.orchestrator._postgres import FUNCTIONS_DIGEST, MIGRATIONS, PostgresStorage
-from dispatch.orchestrator._storage import Claimed, Completion, Finish, NewCall, Suspend
+from dispatch.orchestrator._storage import Claimed, Completed, Completion, Finish, NewCall, Suspend
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -310,13 +310,13 @@ async def test_children_finishing_together_all_reach_their_parent(url: str) -> N
     claimed = await storage.claim("o", EP, 500, now, 60.0)
     assert len(claimed) == 200
 
-    async def finish(call: Claimed) -> tuple[bool, list[Claimed]]:
+    async def finish(call: Claimed) -> Completed:
         done = Completion(call, "o", Finish(OK, output=call.id.encode()), now, 0.0, OK)
         return await storage.complete_and_claim(done, 1, 60.0)
 
     outcomes = await asyncio.gather(*[finish(call) for call in claimed])
-    assert all(completed for completed, _ in outcomes)
-    resumed = [call for _, calls in outcomes for call in calls]
+    assert all(outcome.applied for outcome in outcomes)
+    resumed = [call for outcome in outcomes for call in outcome.claimed]
     assert [call.id for call in resumed] == ["p"]  # woken once, claimed once
     outputs = {result.correlation_id: result.output for result in resumed[0].results}
     assert outputs == {cid: f"p.{cid}".encode() for cid in range(1, 201)}
@@ -388,8 +388,7 @@ async def test_a_batch_of_completions_drops_only_the_answers_whose_claim_was_los
 
     async def finish(call: Claimed) -> bool:
         done = Completion(call, "o", Finish(OK, output=b"x"), now + 6, 0.0, OK)
-        completed, _ = await storage.complete_and_claim(done, 0, 60.0)
-        return completed
+        return (await storage.complete_and_claim(done, 0, 60.0)).applied
 
     completed = await asyncio.gather(*map(finish, claimed))
     outcomes = dict(zip((call.id for call in claimed), completed, strict=True))

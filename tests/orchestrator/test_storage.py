@@ -802,11 +802,12 @@ async def test_complete_and_claim_starts_the_children_of_a_suspension(storage: S
     await storage.create([new("q"), new("elsewhere", endpoint=EP2)], T + 0.5)
     spawn = (*children("p", 3), new("p.9", parent="p", cid=9, endpoint=EP2))
     transition = Suspend(b"s", min_results=1, max_results=9, wait_until=FAR, children=spawn)
-    completed, claimed = await storage.complete_and_claim(
+    completed, claimed, more_due = await storage.complete_and_claim(
         completion(parent, transition, T + 1), 2, LEASE
     )
-    # Of the calls due on the parent's endpoint, in the order they became due, up to the limit.
-    assert completed
+    # Of the calls due on the parent's endpoint, in the order they became due, up to the
+    # limit; the rest is due still, for the engine's loop.
+    assert completed and more_due
     first, child = claimed
     assert first.id == "q" and child.id in ("p.1", "p.2", "p.3")
     assert (child.parent_id, child.attempt, child.run, child.endpoint) == ("p", 1, 1, EP)
@@ -819,10 +820,10 @@ async def test_complete_and_claim_starts_the_children_of_a_suspension(storage: S
 async def test_complete_and_claim_resumes_the_parent_a_result_woke(storage: Storage) -> None:
     ids = await waiting_parent(storage, 2)
     running = await claim(storage, T + 2)
-    completed, claimed = await storage.complete_and_claim(
+    completed, claimed, more_due = await storage.complete_and_claim(
         completion(running[ids[0]], Finish(OK, output=b"one"), T + 3), 5, LEASE
     )
-    assert completed
+    assert completed and not more_due  # the claim took all there was
     (parent,) = claimed
     assert (parent.id, parent.snapshot, parent.run) == ("p", b"snapshot", 2)
     assert delivered(parent.results) == [(1, ids[0], b"one")]
@@ -831,10 +832,10 @@ async def test_complete_and_claim_resumes_the_parent_a_result_woke(storage: Stor
 async def test_complete_and_claim_with_no_room_only_completes(storage: Storage) -> None:
     ids = await waiting_parent(storage, 1)
     child = await claim_one(storage, ids[0], T + 2)
-    completed, claimed = await storage.complete_and_claim(
+    done = await storage.complete_and_claim(
         completion(child, Finish(OK, output=b"x"), T + 3), 0, LEASE
     )
-    assert (completed, claimed) == (True, [])
+    assert done == (True, [], True)  # the parent is due, not claimed
     assert await state(storage, "p") == PENDING
 
 
@@ -845,10 +846,10 @@ async def test_complete_and_claim_after_a_lost_claim_changes_nothing_but_claims(
     lost = await claim_one(storage, "a", T)
     assert await storage.recover(T + LEASE + SLACK) == 1
     await storage.create([new("b")], T + LEASE)
-    completed, claimed = await storage.complete_and_claim(
+    completed, claimed, more_due = await storage.complete_and_claim(
         completion(lost, Finish(OK, output=b"late"), T + LEASE + 1), 5, LEASE
     )
-    assert not completed
+    assert not completed and not more_due
     assert sorted(call.id for call in claimed) == ["a", "b"]
     record = await storage.get("a")
     assert record is not None and record.output is None
