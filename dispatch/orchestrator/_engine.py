@@ -11,7 +11,9 @@ into one storage transition:
   jitter. INCOMPATIBLE_STATE starts over from the input; a tail call runs
   the new function in place of the old one.
 - Poll: keep the snapshot, create the calls, cancel the losers; resume it
-  when ``min_results`` results have arrived or ``max_wait`` has passed.
+  when ``min_results`` results have arrived or ``max_wait`` has passed. The
+  calls' first attempts start before the poll is recorded, and those that
+  end within a short window are recorded with it (see _start_children).
 
 A failure to reach the endpoint counts as the status it maps to (TCP_ERROR,
 TIMEOUT, HTTP_ERROR...). Each endpoint's concurrency adapts to the statuses
@@ -28,7 +30,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -50,6 +52,7 @@ from ._storage import (
     Storage,
     Suspend,
     Transition,
+    first_run,
 )
 
 logger = logging.getLogger("dispatch.orchestrator")
@@ -82,6 +85,19 @@ LOOK = 1.0
 """Seconds at most between two looks of the engine's loop for due calls."""
 
 
+INLINE_WINDOW = 0.05
+"""Seconds at most that a suspension waits, before it is recorded, for the
+first attempts of its children that the engine started (see _start_children)."""
+
+
+def _increase(completion: Completion) -> bool:
+    """Whether an attempt's answer says its endpoint copes (its concurrency
+    may increase). A cancelled call's cleanup says nothing of it."""
+    if completion.call.cancelling:
+        return True
+    return completion.status >= 0 and Status(completion.status).concurrency == "increase"
+
+
 def _due_soon(transition: Transition, now: float) -> bool:
     """Whether ``transition`` makes its call due before the loop looks again
     anyway (a retry's backoff, a wait's max wait), or at once."""
@@ -110,6 +126,7 @@ class Engine:
         exclusive: bool = False,
         clock: Callable[[], float] = time.time,
         limiter: Callable[[], Limiter] = Limiter,
+        inline_window: float = INLINE_WINDOW,
     ) -> None:
         self.storage = storage
         self.invoker = invoker
@@ -118,6 +135,7 @@ class Engine:
         self.lease = lease
         self.exclusive = exclusive
         self.clock = clock
+        self.inline_window = inline_window
         self.owner = new_id()
         self.limiters: dict[str, Limiter] = {}
         self._new_limiter = limiter
@@ -260,26 +278,46 @@ class Engine:
             except Exception:
                 logger.exception("renewing leases failed")
 
-    async def _attempt(self, call: Claimed) -> None:
+    async def _attempt(
+        self,
+        call: Claimed,
+        running: asyncio.Future[Completion] | None = None,
+        recorded: asyncio.Future[bool] | None = None,
+    ) -> None:
+        """Run an attempt of ``call`` and record how it ended. A child's first
+        attempt that its parent's suspension started (see _start_children)
+        comes ``running``, and is recorded once that suspension, which creates
+        the call, is: dropped if it was not (``recorded`` is then False)."""
         _logging.dispatch_id.set(call.id)  # for this attempt's task: its log lines name the call
         started = self.clock()
         limiter = self.limiter(call.endpoint)
         released = False
         wake = True
+        recording: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         try:
-            completion = await self._run(call, started)
-            status = Status(completion.status) if completion.status >= 0 else None
-            # (A cancelled call's cleanup says nothing of how the endpoint copes.)
-            limiter.release(
-                call.cancelling or (status is not None and status.concurrency == "increase")
-            )
+            completion = await (running if running is not None else self._run(call, started))
+            limiter.release(_increase(completion))
             released = True
+            if recorded is not None and not await recorded:
+                wake = False
+                return  # no such call: the suspension that made it was not recorded
+            children: list[tuple[Claimed, asyncio.Future[Completion]]] = []
+            if isinstance(completion.transition, Suspend):
+                completion, children = await self._start_children(call, completion)
+            for child, attempt in children:  # (recorded after the suspension)
+                self._attempts[child.id] = asyncio.ensure_future(
+                    self._attempt(child, attempt, recording)
+                )
             # What this answer made due on the endpoint starts at once, as far
             # as the endpoint has room.
             done = await self.storage.complete_and_claim(
                 completion, limiter.available(), self.lease
             )
+            recording.set_result(done.applied)
             self.metrics.completed(completion, applied=done.applied)
+            if isinstance(completion.transition, Suspend):
+                for ran in completion.transition.ran:
+                    self.metrics.completed(ran, applied=done.applied)
             self._start(done.claimed)
             # The claim above took what this answer made due on its endpoint,
             # as far as there was room; the loop looks for the rest (calls due
@@ -293,6 +331,8 @@ class Engine:
                 "call %s: attempt %d failed in the orchestrator", call.id, call.attempt
             )
         finally:
+            if not recording.done():
+                recording.set_result(False)
             # Unless the call already runs again here (a resume claimed while
             # this attempt was finishing), whose lease must be kept.
             if self._attempts.get(call.id) is asyncio.current_task():
@@ -301,6 +341,68 @@ class Engine:
                 limiter.release(False)
             if wake:
                 self.wake()
+
+    async def _start_children(
+        self, call: Claimed, completion: Completion
+    ) -> tuple[Completion, list[tuple[Claimed, asyncio.Future[Completion]]]]:
+        """Start the first attempts of the children that ``completion``
+        suspends ``call`` for, as far as their endpoints have room, before the
+        suspension is recorded; the suspension, those children and how the
+        attempts that ended meanwhile did are then recorded in one
+        transaction, which makes the parent due at once if they gave it the
+        results it waits for. Waits up to ``inline_window`` seconds (never past
+        its max wait), or until they did: a crash before that transaction
+        loses those attempts (the parent runs again from its last snapshot,
+        and makes its children again), never more. The completion to record,
+        and the attempts still running (of calls it creates claimed, each
+        recorded once it is)."""
+        suspend = completion.transition
+        assert isinstance(suspend, Suspend)
+        if call.cancelling or suspend.cancel or self._stopping:
+            return completion, []
+        now = self.clock()
+        attempts: list[tuple[Claimed, asyncio.Future[Completion]]] = []
+        for child in suspend.children:
+            if self.endpoints is not None and child.endpoint not in self.endpoints:
+                continue
+            if not self.limiter(child.endpoint).take(1):
+                continue
+            claimed = first_run(child, now)
+            attempts.append((claimed, asyncio.ensure_future(self._run(claimed, now))))
+        if not attempts:
+            return completion, []
+        waiting = {attempt for _, attempt in attempts}
+        deadline = time.monotonic() + min(self.inline_window, suspend.wait_until - now)
+        ended = 0
+        try:
+            while waiting and ended < suspend.min_results:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                done, waiting = await asyncio.wait(
+                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                ended += len(done)
+        except BaseException:  # (cancelled: stopping) nothing of them will be recorded
+            for claimed, attempt in attempts:
+                attempt.cancel()
+                self.limiter(claimed.endpoint).give_back(1)
+            raise
+        ran = []
+        running = []
+        for claimed, attempt in attempts:
+            if attempt.done() and attempt.exception() is None:
+                ran.append(attempt.result())
+                self.limiter(claimed.endpoint).release(_increase(attempt.result()))
+            else:
+                running.append((claimed, attempt))
+        transition = replace(
+            suspend,
+            started=tuple(claimed.id for claimed, _ in attempts),
+            lease_until=now + self.lease,
+            ran=tuple(ran),
+        )
+        return replace(completion, transition=transition), running
 
     def _start(self, claimed: list[Claimed], acquired: bool = False) -> None:
         if claimed and not acquired:

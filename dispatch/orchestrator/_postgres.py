@@ -63,6 +63,7 @@ from ._storage import (
     Retry,
     claimed,
     first_run,
+    latest,
     read_call,
     read_counts,
     read_list,
@@ -84,44 +85,35 @@ MIGRATION_LOCK = 0x64697370  # "disp": the advisory lock migrations take
 # They are made again, as written here, whenever the database holds another
 # definition of them (see FUNCTIONS_DIGEST).
 _FUNCTIONS = r"""
--- Insert calls due now, from a JSON array of them (see _calls): how many
--- were new, and the ids of those claimed as they were inserted. An id that
--- exists is skipped with existing_ok, else it fails the statement. With an
--- owner, the first max_calls new calls of of_endpoint are inserted claimed
--- (running, their first attempt leased to owner, as dispatch_claim would
--- make them): no second write of their rows.
+-- Insert calls due now, from a JSON array of them (see _call): how many
+-- were new, and the ids of those inserted claimed. An id that exists is
+-- skipped with existing_ok, else it fails the statement. A call with an
+-- owner is inserted claimed for it (running, its first attempt leased until
+-- lease_until, as dispatch_claim would leave it): no second write of its row.
 CREATE FUNCTION dispatch_insert(
-    new_calls jsonb, now float8, existing_ok boolean, owner text DEFAULT NULL,
-    of_endpoint text DEFAULT NULL, max_calls integer DEFAULT 0, lease float8 DEFAULT 0,
-    OUT inserted integer, OUT claimed text[]
+    new_calls jsonb, now float8, existing_ok boolean, OUT inserted integer, OUT claimed text[]
 ) LANGUAGE plpgsql AS $$
 DECLARE
     -- (A lease counts from when the claim happens, as in dispatch_claim.)
-    lease_until float8 := now + lease
-        + extract(epoch FROM clock_timestamp() - statement_timestamp());
+    waited float8 := extract(epoch FROM clock_timestamp() - statement_timestamp());
 BEGIN
     inserted := 0;
     claimed := '{}';
     IF coalesce(jsonb_array_length(new_calls), 0) = 0 THEN
         RETURN;
     END IF;
-    WITH t AS (
-        SELECT t.*, owner IS NOT NULL AND t.endpoint = of_endpoint
-            AND count(*) FILTER (WHERE t.endpoint = of_endpoint) OVER (ORDER BY e.ord)
-                <= max_calls AS take
-        FROM jsonb_array_elements(new_calls) WITH ORDINALITY AS e(value, ord),
-            jsonb_to_record(e.value) AS t(id text, root text, parent text, cid bigint,
-                                          function text, endpoint text, input text,
-                                          expires float8)
-    ), made AS (
+    WITH made AS (
         INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input,
                            state, due_at, created_at, expires_at, lease_owner, lease_expires,
                            attempt, runs)
         SELECT t.id, t.root, t.parent, t.cid, t.function, t.endpoint,
-            decode(t.input, 'base64'), CASE WHEN t.take THEN 'running' ELSE 'pending' END,
-            now, now, t.expires, CASE WHEN t.take THEN owner END,
-            CASE WHEN t.take THEN lease_until END, t.take::integer, t.take::integer
-        FROM t
+            decode(t.input, 'base64'),
+            CASE WHEN t.owner IS NULL THEN 'pending' ELSE 'running' END, now, now, t.expires,
+            t.owner, t.lease_until + waited, (t.owner IS NOT NULL)::integer,
+            (t.owner IS NOT NULL)::integer
+        FROM jsonb_to_recordset(new_calls) AS t(id text, root text, parent text, cid bigint,
+                                                function text, endpoint text, input text,
+                                                expires float8, owner text, lease_until float8)
         ON CONFLICT (id) DO NOTHING
         RETURNING calls.id, calls.state
     )
@@ -132,19 +124,17 @@ BEGIN
     END IF;
 END $$;
 
--- Create root calls, all or none (claiming some as dispatch_insert does):
--- the ids claimed. An id that exists names that call (not created again)
--- unless it is of another function or endpoint: SQLSTATE DP409.
-CREATE FUNCTION dispatch_create(
-    new_calls jsonb, now float8, owner text DEFAULT NULL, of_endpoint text DEFAULT NULL,
-    max_calls integer DEFAULT 0, lease float8 DEFAULT 0
-) RETURNS text[] LANGUAGE plpgsql AS $$
+-- Create root calls, all or none (those with an owner inserted claimed, as
+-- dispatch_insert does): the ids claimed. An id that exists names that call
+-- (not created again) unless it is of another function or endpoint:
+-- SQLSTATE DP409.
+CREATE FUNCTION dispatch_create(new_calls jsonb, now float8) RETURNS text[]
+LANGUAGE plpgsql AS $$
 DECLARE
     made record;
     conflict record;
 BEGIN
-    SELECT * INTO made
-    FROM dispatch_insert(new_calls, now, true, owner, of_endpoint, max_calls, lease);
+    SELECT * INTO made FROM dispatch_insert(new_calls, now, true);
     IF made.inserted < jsonb_array_length(new_calls) THEN
         SELECT calls.id, calls.function, calls.endpoint INTO conflict
         FROM calls JOIN jsonb_to_recordset(new_calls)
@@ -368,6 +358,7 @@ DECLARE
     n_delivered integer := cardinality(delivered_seqs);
     due_now boolean := false;
     cancel_time float8;
+    ran jsonb;
 BEGIN
     -- The transition, guarded by what the claimer saw (and applied in one
     -- statement unless the call was cancelled meanwhile).
@@ -454,6 +445,10 @@ BEGIN
         IF (dispatch_insert(children, now, false)).inserted > 0 THEN
             due_now := true;
         END IF;
+        -- The first attempts of children that ended before this was recorded.
+        FOR ran IN SELECT value FROM jsonb_array_elements(completion->'ran') LOOP
+            PERFORM dispatch_complete(ran);
+        END LOOP;
         IF cardinality(cancel_cids) > 0 THEN
             PERFORM dispatch_cancel(
                 ARRAY(SELECT id FROM calls WHERE parent_id = call_id
@@ -603,7 +598,7 @@ another definition of them (after a migration, or a change to their bodies)."""
 
 FUNCTIONS_DIGEST = hashlib.sha256(FUNCTIONS.encode()).hexdigest()[:16]
 
-_CREATE = "SELECT dispatch_create(%s::jsonb, %s, %s, %s, %s, %s)"
+_CREATE = "SELECT dispatch_create(%s::jsonb, %s)"
 
 _SENDER = "SELECT set_config('dispatch.sender', %s, false)"
 
@@ -767,7 +762,7 @@ class PostgresStorage:
         if not calls:
             return
         with _conflicts():
-            await self._fetch(_CREATE, (_calls(calls), now, *_claim_fields(None)))
+            await self._fetch(_CREATE, (_json([_call(call) for call in calls]), now))
 
     def create_sync(
         self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
@@ -781,11 +776,16 @@ class PostgresStorage:
             if self._creator is None or self._creator.closed:
                 self._creator = psycopg.connect(self.url, autocommit=True)
                 self._creator.execute(_SENDER, (self._sender,))
-            owner, endpoint, limit, lease = _claim_fields(claim)
-            cursor = self._creator.execute(
-                _CREATE, (_calls(calls), now, owner, endpoint, limit, lease)
-            )
-            row = cursor.fetchone()
+            # The first calls of the claim's endpoint, as far as it has room.
+            room = claim.limit if claim is not None else 0
+            new = []
+            for call in calls:
+                if claim is not None and room > 0 and call.endpoint == claim.endpoint:
+                    room -= 1
+                    new.append(_call(call, claim.owner, now + claim.lease))
+                else:
+                    new.append(_call(call))
+            row = self._creator.execute(_CREATE, (_json(new), now)).fetchone()
         taken = set(row[0]) if row is not None else set()
         claimed = []
         for call in calls:
@@ -851,10 +851,10 @@ class PostgresStorage:
             lease += time.monotonic() - asked
             claim = claims.setdefault(key, {"i": index, "owner": key[0], "endpoint": key[1]})
             claim["n"] = max(claim.get("n", 0), limit)
-            claim["now"] = max(claim.get("now", 0.0), completion.now)
+            claim["now"] = max(claim.get("now", 0.0), latest(completion))
             claim["lease"] = max(claim.get("lease", 0.0), lease)
         completions = _json([_completion(completion) for completion, *_ in batch])
-        now = max(completion.now for completion, *_ in batch)
+        now = max(latest(completion) for completion, *_ in batch)
         rows = await self._fetch(
             _COMPLETE_AND_CLAIM, (completions, _json(list(claims.values())), now)
         )
@@ -969,13 +969,6 @@ def _conflicts() -> Iterator[None]:
         raise
 
 
-def _claim_fields(claim: Claim | None) -> tuple[str | None, str | None, int, float]:
-    """``dispatch_create``'s owner, endpoint, limit and lease for ``claim``."""
-    if claim is None:
-        return None, None, 0, 0.0
-    return claim.owner, claim.endpoint, claim.limit, claim.lease
-
-
 def _lock_order(waiting: _Waiting) -> tuple[str, str]:
     """Completions lock their call, then its parent: sorted by parent."""
     call = waiting[0].call
@@ -997,9 +990,10 @@ def _text(text: str | None) -> str | None:
     return text.replace("\x00", "\\x00") if text is not None and "\x00" in text else text
 
 
-def _call(call: NewCall) -> dict[str, Any]:
-    """A call to create, as ``dispatch_insert`` reads it."""
-    return {
+def _call(call: NewCall, owner: str | None = None, lease_until: float = 0.0) -> dict[str, Any]:
+    """A call to create, as ``dispatch_insert`` reads it (with an owner:
+    created claimed for it, leased until ``lease_until``)."""
+    fields = {
         "id": call.id,
         "root": call.root_id,
         "parent": call.parent_id,
@@ -1009,11 +1003,9 @@ def _call(call: NewCall) -> dict[str, Any]:
         "input": _base64(call.input),
         "expires": call.expires_at,
     }
-
-
-def _calls(calls: Sequence[NewCall]) -> str:
-    """Calls to create: one JSON parameter (cheaper to send than columns)."""
-    return _json([_call(call) for call in calls])
+    if owner is not None:
+        fields |= {"owner": owner, "lease_until": lease_until}
+    return fields
 
 
 def _completion(completion: Completion) -> dict[str, Any]:
@@ -1056,15 +1048,22 @@ def _completion(completion: Completion) -> dict[str, Any]:
             "tail_input": _base64(transition.input),
         }
     else:
+        started = set(transition.started)
         fields |= {
             "kind": "suspend",
             "snapshot": _base64(transition.snapshot),
             "min_results": transition.min_results,
             "max_results": transition.max_results,
             "wait_until": transition.wait_until,
-            "children": [_call(child) for child in transition.children],
+            "children": [
+                _call(child, completion.owner, transition.lease_until)
+                if child.id in started
+                else _call(child)
+                for child in transition.children
+            ],
             "cancel": list(transition.cancel),
             "frames": _base64(transition.frames),
+            "ran": [_completion(ran) for ran in transition.ran],
         }
     return fields
 

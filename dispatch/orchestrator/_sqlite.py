@@ -13,7 +13,7 @@ import fcntl
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,6 +37,7 @@ from ._storage import (
     Suspend,
     Transition,
     claimed,
+    latest,
     read_call,
     read_counts,
     read_list,
@@ -290,7 +291,7 @@ class SQLiteStorage:
         with self._transaction() as db:
             completed = _complete(db, completion)
             claimed = []
-            owner, endpoint, now = completion.owner, completion.call.endpoint, completion.now
+            owner, endpoint, now = completion.owner, completion.call.endpoint, latest(completion)
             if limit > 0:
                 claimed = _claim(db, owner, endpoint, limit, now, lease)
             (more_due,) = db.execute(
@@ -440,11 +441,21 @@ def _complete(db: sqlite3.Connection, completion: Completion) -> bool:
         db.execute("UPDATE results SET delivered = 1 WHERE parent_id = ?", (call.id,))
         db.execute("UPDATE calls SET undelivered = 0 WHERE id = ?", (call.id,))
     if isinstance(transition, Suspend):
-        _insert(db, transition.children, now)
+        _insert(
+            db,
+            transition.children,
+            now,
+            started=set(transition.started),
+            owner=completion.owner,
+            lease_until=transition.lease_until,
+        )
         db.execute(
             "UPDATE calls SET outstanding = outstanding + ? WHERE id = ?",
             (len(transition.children), call.id),
         )
+        # The first attempts of children that ended before this was recorded.
+        for ran in transition.ran:
+            _complete(db, ran)
         if transition.cancel:
             marks = ",".join("?" * len(transition.cancel))
             ids = [
@@ -553,15 +564,23 @@ def _record_attempt(db: sqlite3.Connection, completion: Completion) -> None:
 
 
 def _insert(
-    db: sqlite3.Connection, calls: Sequence[NewCall], now: float, existing_ok: bool = False
+    db: sqlite3.Connection,
+    calls: Sequence[NewCall],
+    now: float,
+    existing_ok: bool = False,
+    started: Collection[str] = (),
+    owner: str | None = None,
+    lease_until: float = 0.0,
 ) -> int:
     """Insert ``calls``, due now; how many were new (with ``existing_ok``, an
-    id that exists is skipped, else it fails the transaction)."""
+    id that exists is skipped, else it fails the transaction). Those in
+    ``started`` are inserted claimed (running, their first attempt leased to
+    ``owner`` until ``lease_until``)."""
     conflict = " ON CONFLICT (id) DO NOTHING" if existing_ok else ""
     return db.executemany(
         "INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint, input, "
-        "state, due_at, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
-        + conflict,
+        "state, due_at, created_at, expires_at, lease_owner, lease_expires, attempt, runs) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + conflict,
         [
             (
                 call.id,
@@ -571,9 +590,11 @@ def _insert(
                 call.function,
                 call.endpoint,
                 call.input,
+                "running" if call.id in started else "pending",
                 now,
                 now,
                 call.expires_at,
+                *((owner, lease_until, 1, 1) if call.id in started else (None, None, 0, 0)),
             )
             for call in calls
         ],

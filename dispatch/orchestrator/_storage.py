@@ -152,6 +152,14 @@ class Completed(NamedTuple):
     the engine's loop. (After the claim, in the same transaction.)"""
 
 
+def latest(completion: Completion) -> float:
+    """The time of ``completion``, or of the latest attempt it records (see
+    ``Suspend.ran``): what it made due is due by then."""
+    if isinstance(completion.transition, Suspend) and completion.transition.ran:
+        return max(completion.now, *(ran.now for ran in completion.transition.ran))
+    return completion.now
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """Up to ``limit`` due calls of ``endpoint`` to claim for ``owner``, for ``lease`` seconds."""
@@ -197,6 +205,14 @@ class Suspend:
     """Correlation ids of this call's children to cancel."""
     frames: bytes | None = None
     """Where it waits: the endpoint's msgpack description of its frames."""
+    started: tuple[str, ...] = ()
+    """Children whose first attempt the orchestrator started before this was
+    recorded: created claimed (running, leased to the completion's owner
+    until ``lease_until``), as :meth:`Storage.claim` would leave them."""
+    lease_until: float = 0.0
+    ran: tuple[Completion, ...] = ()
+    """How the first attempts of some of those ended meanwhile: applied right
+    after the suspension, in the same transaction (as many completions)."""
 
 
 Transition = Finish | Retry | Suspend
@@ -366,7 +382,7 @@ class Storage(Protocol):
         self, completion: Completion, limit: int, lease: float
     ) -> Completed:
         """:meth:`complete`, then :meth:`claim` of up to ``limit`` calls of the
-        same endpoint for the same owner at ``completion.now``, in one
+        same endpoint for the same owner at ``latest(completion)``, in one
         transaction: the children a coroutine just made, or the parent a
         result just woke, start without waiting for the next claim; and
         whether calls are due that the claim did not take."""

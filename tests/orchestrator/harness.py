@@ -26,7 +26,7 @@ from dispatch.orchestrator import (
     SQLiteStorage,
     Storage,
 )
-from dispatch.orchestrator._engine import new_id
+from dispatch.orchestrator._engine import INLINE_WINDOW, new_id
 from dispatch.orchestrator._storage import (
     DONE,
     AttemptRecord,
@@ -150,6 +150,7 @@ class Env:
         signing_key: bool = True,
         storage: Storage | None = None,
         grace: float = 1.0,
+        inline_window: float = INLINE_WINDOW,
     ) -> None:
         functions.reset()
         self.keys = Keys()
@@ -170,6 +171,7 @@ class Env:
             lease=lease,
             exclusive=True,
             limiter=limiter,
+            inline_window=inline_window,
         )
         self._task: asyncio.Future[None] | None = None
 

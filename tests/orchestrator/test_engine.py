@@ -23,7 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dispatch import Status, _wire
 from dispatch._signature import sign_request
 from dispatch.orchestrator import Invoker, Limiter, NewCall, RetryPolicy, SQLiteStorage
-from dispatch.orchestrator._storage import DONE, RUNNING, Completed, Completion, Finish, Retry
+from dispatch.orchestrator._storage import (
+    DONE,
+    RUNNING,
+    Completed,
+    Completion,
+    Finish,
+    Retry,
+    Suspend,
+)
 
 from . import functions
 from .harness import ENDPOINT, FAST, Env, Keys, RecordingStorage, finished, statuses
@@ -246,6 +254,41 @@ async def test_nested_fan_out_routes_every_result(via: str) -> None:
                 assert grandchild.parent_id == child_id
         counts = await env.storage.counts()
         assert counts == {"pending": 0, "running": 0, "waiting": 0, "done": 13}
+
+
+async def test_children_that_end_at_once_are_recorded_with_the_suspension(via: str) -> None:
+    """Each step of a coroutine is one transaction: its suspension, its
+    child's first attempt (started before the suspension is recorded) and
+    that attempt's result, which resumes it at once."""
+    async with Env(via=via, inline_window=10.0) as env:
+        record = await env.run("two_steps", 1)
+        assert env.value(record) == 3
+        recorded = [completion.call.function for completion in env.storage.completions]
+        assert recorded == ["two_steps"] * 3  # the children's attempts were in these
+        polls = [c.transition for c in env.storage.completions if isinstance(c.transition, Suspend)]
+        assert [[ran.call.function for ran in poll.ran] for poll in polls] == [["add"], ["add"]]
+        for child_id in record.children:
+            child = await env.storage.get(child_id)
+            assert child is not None and env.value(child) in (2, 3)
+            assert statuses(child) == [Status.OK]
+
+
+async def test_children_still_running_after_the_window_are_recorded_running() -> None:
+    """Children whose first attempt outlasts the window show as running once the
+    suspension is recorded, and finish as attempts of their own."""
+    async with Env(inline_window=0.01) as env:
+        call_id = await env.submit("waits_on_naps", 0.5)
+        deadline = time.monotonic() + 5
+        while not (record := await env.storage.get(call_id)) or not record.children:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        children = [await env.storage.get(child_id) for child_id in record.children]
+        assert [child.state if child else None for child in children] == [RUNNING, RUNNING]
+        record = await env.done(call_id)
+        assert env.value(record) == [0.5, 0.5]
+        for child_id in record.children:
+            child = await env.storage.get(child_id)
+            assert child is not None and statuses(child) == [Status.OK]
 
 
 async def test_calls_dispatched_by_a_function_run_too() -> None:

@@ -34,6 +34,7 @@ from dispatch.orchestrator._storage import (
     Retry,
     Suspend,
     Transition,
+    first_run,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -853,6 +854,66 @@ async def test_complete_and_claim_after_a_lost_claim_changes_nothing_but_claims(
     assert sorted(call.id for call in claimed) == ["a", "b"]
     record = await storage.get("a")
     assert record is not None and record.output is None
+
+
+async def test_a_suspension_records_the_children_it_started_and_how_they_ended(
+    storage: Storage,
+) -> None:
+    """Children whose first attempts ran before their parent's suspension was
+    recorded: created claimed, and those that ended applied with it, in one
+    transaction; the result one delivered makes the parent due, and claimed,
+    at once (as of the latest of those attempts)."""
+    await storage.create([new("p")], T)
+    parent = await claim_one(storage, "p", T)
+    spawn = children("p", 3)
+    one, two, three = (first_run(child, T + 1) for child in spawn)
+    ran = (
+        completion(one, Finish(OK, output=b"one"), T + 2),
+        completion(two, Retry(due_at=T + 50, status=Status.TIMEOUT.value), T + 2),
+    )
+    transition = Suspend(
+        b"s",
+        min_results=1,
+        max_results=9,
+        wait_until=FAR,
+        children=spawn,
+        started=("p.1", "p.2", "p.3"),
+        lease_until=T + 1 + LEASE,
+        ran=ran,
+    )
+    completed, claimed, more_due = await storage.complete_and_claim(
+        completion(parent, transition, T + 1), 5, LEASE
+    )
+    assert completed and [call.id for call in claimed] == ["p"] and not more_due
+    assert delivered(claimed[0].results) == [(1, "p.1", b"one")]
+    assert [await state(storage, f"p.{cid}") for cid in (1, 2, 3)] == [DONE, PENDING, RUNNING]
+    record = await storage.get("p.2")  # its first attempt failed: retried later
+    assert record is not None and len(record.attempts) == 1 and await next_due(storage) == T + 50
+    # The third is the owner's first attempt, as a claim would have left it.
+    assert await storage.recover(T + 1 + LEASE - 1) == 0
+    assert await storage.complete(completion(three, Finish(OK, output=b"three"), T + 3))
+    assert [await state(storage, f"p.{cid}") for cid in (1, 2, 3)] == [DONE, PENDING, DONE]
+
+
+async def test_a_suspension_not_recorded_creates_none_of_the_children_it_started(
+    storage: Storage,
+) -> None:
+    await storage.create([new("p")], T)
+    parent = await claim_one(storage, "p", T)
+    assert await storage.recover(T + LEASE + SLACK) == 1  # its claim is lost
+    (child,) = children("p", 1)
+    transition = Suspend(
+        b"s",
+        min_results=1,
+        max_results=1,
+        wait_until=FAR,
+        children=(child,),
+        started=(child.id,),
+        lease_until=T + LEASE,
+        ran=(completion(first_run(child, T), Finish(OK, output=b"x"), T + 1),),
+    )
+    assert not await storage.complete(completion(parent, transition, T + 1))
+    assert await storage.get(child.id) is None
 
 
 # --- renew and recover ----------------------------------------------------------------------
