@@ -358,7 +358,6 @@ DECLARE
     n_delivered integer := cardinality(delivered_seqs);
     due_now boolean := false;
     cancel_time float8;
-    ran jsonb;
 BEGIN
     -- The transition, guarded by what the claimer saw (and applied in one
     -- statement unless the call was cancelled meanwhile).
@@ -446,9 +445,9 @@ BEGIN
             due_now := true;
         END IF;
         -- The first attempts of children that ended before this was recorded.
-        FOR ran IN SELECT value FROM jsonb_array_elements(completion->'ran') LOOP
-            PERFORM dispatch_complete(ran);
-        END LOOP;
+        IF jsonb_array_length(completion->'ran') > 0 THEN
+            PERFORM dispatch_complete_many(completion->'ran');
+        END IF;
         IF cardinality(cancel_cids) > 0 THEN
             PERFORM dispatch_cancel(
                 ARRAY(SELECT id FROM calls WHERE parent_id = call_id
@@ -479,14 +478,86 @@ BEGIN
     RETURN true;
 END $$;
 
--- Apply a batch of completions (a JSON array), in order; whether each was.
+-- Apply a batch of completions (a JSON array); whether each was. The common
+-- case is applied to them all at once: calls that finished in their first
+-- run (no children to cancel, no results received, nothing dispatched) and
+-- were not cancelled meanwhile, whose claim holds. The rest, in order, one
+-- by one (dispatch_complete).
 CREATE FUNCTION dispatch_complete_many(batch jsonb) RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
     applied boolean[] := '{}';
     completion jsonb;
+    finished text[];
+    finished_parents text[];
+    delivered_parents text[];
+    latest float8;
 BEGIN
+    WITH f AS (
+        SELECT t.* FROM jsonb_to_recordset(batch) AS t(
+            id text, owner text, run integer, attempt integer, parent text, now float8,
+            kind text, status integer, output text, error text, reported integer,
+            duration float8, error_type text, error_message text, traceback text,
+            snapshot_size integer, delivered jsonb, dispatched jsonb, cancelling boolean)
+        WHERE t.kind = 'finish' AND t.run = 1 AND NOT t.cancelling
+            AND jsonb_array_length(t.delivered) = 0 AND jsonb_array_length(t.dispatched) = 0
+    ), done AS (
+        UPDATE calls SET state = 'done', status = f.status, output = decode(f.output, 'base64'),
+            error = decode(f.error, 'base64'), finished_at = f.now, snapshot = NULL,
+            frames = NULL, lease_owner = NULL
+        FROM f
+        WHERE calls.id = f.id AND calls.state = 'running' AND calls.lease_owner = f.owner
+            AND calls.runs = f.run AND calls.cancelled_at IS NULL
+        RETURNING f.*, calls.correlation_id
+    ), recorded AS (
+        INSERT INTO attempts (call_id, number, attempt, started_at, finished_at, status,
+                              error_type, error_message, snapshot_size, traceback)
+        SELECT done.id, done.run, done.attempt, done.now - done.duration, done.now,
+            done.reported, done.error_type, done.error_message, done.snapshot_size,
+            done.traceback
+        FROM done
+        ON CONFLICT (call_id, number) DO UPDATE SET attempt = EXCLUDED.attempt,
+            started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
+            status = EXCLUDED.status, error_type = EXCLUDED.error_type,
+            error_message = EXCLUDED.error_message, snapshot_size = EXCLUDED.snapshot_size,
+            traceback = EXCLUDED.traceback
+    ), delivered AS (
+        -- (Once per child: a unique child id.)
+        INSERT INTO results (parent_id, correlation_id, child_id, status, output, error)
+        SELECT done.parent, done.correlation_id, done.id,
+            CASE WHEN done.status = {cancelled} THEN {permanent_error} ELSE done.status END,
+            decode(done.output, 'base64'), decode(done.error, 'base64')
+        FROM done WHERE done.parent IS NOT NULL
+        ON CONFLICT (child_id) DO NOTHING
+        RETURNING results.parent_id
+    )
+    SELECT ARRAY(SELECT id FROM done),
+        ARRAY(SELECT parent FROM done WHERE parent IS NOT NULL),
+        ARRAY(SELECT parent_id FROM delivered), (SELECT max(now) FROM done)
+    INTO finished, finished_parents, delivered_parents, latest;
+    IF cardinality(finished_parents) > 0 THEN
+        -- The parents' counters, under their row locks (taken in order, as
+        -- any batch takes them), then those that have what they wait for wake.
+        PERFORM 1 FROM calls WHERE id = ANY(finished_parents) ORDER BY id FOR UPDATE;
+        UPDATE calls SET outstanding = outstanding - n.finished,
+            undelivered = undelivered + n.delivered
+        FROM (SELECT p.id, count(*) AS finished,
+                  (SELECT count(*) FROM unnest(delivered_parents) AS d(id) WHERE d.id = p.id)
+                      AS delivered
+              FROM unnest(finished_parents) AS p(id) GROUP BY p.id) n
+        WHERE calls.id = n.id;
+        UPDATE calls SET state = 'pending', due_at = latest
+        WHERE id = ANY(finished_parents) AND state = 'waiting'
+            AND (undelivered >= min_results OR (undelivered > 0 AND outstanding <= 0));
+        IF FOUND THEN
+            PERFORM set_config('dispatch.made_due', 'on', true);
+        END IF;
+    END IF;
     FOR completion IN SELECT value FROM jsonb_array_elements(batch) LOOP
-        applied := applied || dispatch_complete(completion);
+        IF completion->>'id' = ANY(finished) THEN
+            applied := applied || true;
+        ELSE
+            applied := applied || dispatch_complete(completion);
+        END IF;
     END LOOP;
     RETURN applied;
 END $$;
