@@ -156,9 +156,10 @@ class Engine:
 
     def reserve(self, endpoint: str, wanted: int) -> Claim | None:
         """From any thread: room for up to ``wanted`` calls of ``endpoint``,
-        taken from its limit, for calls claimed outside the event loop (an
-        embedded application's dispatches, see ``Storage.create_sync``); None
-        if there is none. What is claimed with it goes to :meth:`adopt`."""
+        taken from its limit, for calls claimed as they are created (see
+        ``Storage.create``: dispatches through the API, or an embedded
+        application's from its own threads); None if there is none. What is
+        claimed with it goes to :meth:`adopt`."""
         if not self._running or self._stopping:
             return None  # (before run(), recovery would take the claims back)
         if self.endpoints is not None and endpoint not in self.endpoints:
@@ -182,9 +183,15 @@ class Engine:
         self._wake.set()
 
     async def submit(self, calls: list[NewCall]) -> None:
-        """Create root calls and get them running."""
-        await self.storage.create(calls, self.clock())
-        self.wake()
+        """Create root calls and get them running: those of one endpoint are
+        claimed as they are created, as far as it has room."""
+        endpoints = {call.endpoint for call in calls}
+        claim = self.reserve(endpoints.pop(), len(calls)) if len(endpoints) == 1 else None
+        claimed: list[Claimed] = []
+        try:
+            claimed = await self.storage.create(calls, self.clock(), claim)
+        finally:
+            self.adopt(claim, claimed, len(calls))
 
     async def run(self) -> None:
         """Claim and run due calls until :meth:`stop`."""

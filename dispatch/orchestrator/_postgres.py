@@ -832,41 +832,28 @@ class PostgresStorage:
             await self._pool.close()
             self._pool = None
 
-    async def create(self, calls: Sequence[NewCall], now: float) -> None:
+    async def create(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
         if not calls:
-            return
+            return []
         with _conflicts():
-            await self._fetch(_CREATE, (_json([_call(call) for call in calls]), now))
+            rows = await self._fetch(_CREATE, (_creation(calls, now, claim), now))
+        return _created_claimed(calls, rows[0][0], now)
 
     def create_sync(
         self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
     ) -> list[Claimed]:
         """:meth:`create`, from any thread (an embedded application's), on a
-        connection of its own: a dispatch does not wait for the event loop.
-        The calls claimed are new ones, inserted claimed (one write each)."""
+        connection of its own: a dispatch does not wait for the event loop."""
         if not calls:
             return []
         with self._creating, _conflicts():
             if self._creator is None or self._creator.closed:
                 self._creator = psycopg.connect(self.url, autocommit=True)
                 self._creator.execute(_SENDER, (self._sender,))
-            # The first calls of the claim's endpoint, as far as it has room.
-            room = claim.limit if claim is not None else 0
-            new = []
-            for call in calls:
-                if claim is not None and room > 0 and call.endpoint == claim.endpoint:
-                    room -= 1
-                    new.append(_call(call, claim.owner, now + claim.lease))
-                else:
-                    new.append(_call(call))
-            row = self._creator.execute(_CREATE, (_json(new), now)).fetchone()
-        taken = set(row[0]) if row is not None else set()
-        claimed = []
-        for call in calls:
-            if call.id in taken:
-                taken.discard(call.id)  # (an id given twice is one call)
-                claimed.append(first_run(call, now))
-        return claimed
+            row = self._creator.execute(_CREATE, (_creation(calls, now, claim), now)).fetchone()
+        return _created_claimed(calls, row[0] if row is not None else [], now)
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float
@@ -1045,6 +1032,32 @@ def _conflicts() -> Iterator[None]:
         if error.sqlstate == "DP409":
             raise CallConflict(error.diag.message_primary) from None
         raise
+
+
+def _creation(calls: Sequence[NewCall], now: float, claim: Claim | None) -> str:
+    """Calls to create, as ``dispatch_create`` reads them: the first of the
+    claim's endpoint, as far as it has room, created claimed (one write
+    each, no claim of their own)."""
+    room = claim.limit if claim is not None else 0
+    new = []
+    for call in calls:
+        if claim is not None and room > 0 and call.endpoint == claim.endpoint:
+            room -= 1
+            new.append(_call(call, claim.owner, now + claim.lease))
+        else:
+            new.append(_call(call))
+    return _json(new)
+
+
+def _created_claimed(calls: Sequence[NewCall], ids: Sequence[str], now: float) -> list[Claimed]:
+    """The calls created claimed, of ``calls``: those ``dispatch_create`` named."""
+    taken = set(ids)
+    claimed = []
+    for call in calls:
+        if call.id in taken:
+            taken.discard(call.id)  # (an id given twice is one call)
+            claimed.append(first_run(call, now))
+    return claimed
 
 
 def _lock_order(waiting: _Waiting) -> tuple[str, str]:

@@ -249,8 +249,10 @@ class SQLiteStorage:
             os.close(self._lock_file)
             self._lock_file = None
 
-    async def create(self, calls: Sequence[NewCall], now: float) -> None:
-        self.create_sync(calls, now)
+    async def create(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
+        return self.create_sync(calls, now, claim)
 
     def create_sync(
         self, calls: Sequence[NewCall], now: float, claim: Claim | None = None

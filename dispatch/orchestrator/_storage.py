@@ -348,24 +348,25 @@ class Storage(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create(self, calls: Sequence[NewCall], now: float) -> None:
+    async def create(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
         """Create root calls, all or none, due now.
 
         An id that exists already names that call: it is not created again
         (a client retrying a dispatch whose answer it lost starts nothing
         twice), unless it is of another function or endpoint, which raises
-        :class:`CallConflict` and creates none."""
+        :class:`CallConflict` and creates none. With ``claim``, up to
+        ``claim.limit`` calls of its endpoint are claimed in the same
+        transaction (due ones by due time on SQLite, as :meth:`claim` does;
+        the new ones, inserted claimed, on PostgreSQL): the orchestrator runs
+        them at once, without a claim of its own. The calls claimed."""
 
     def create_sync(
         self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
     ) -> list[Claimed]:
         """:meth:`create`, blocking, from any thread: an embedded application's
-        dispatches, stored without waiting for the event loop's turn. With
-        ``claim``, up to ``claim.limit`` calls of its endpoint are claimed in
-        the same transaction (due ones by due time on SQLite, as :meth:`claim`
-        does; the new ones, inserted claimed, on PostgreSQL): the embedded
-        orchestrator runs them at once, without a claim of its own. The
-        calls claimed."""
+        dispatches, stored without waiting for the event loop's turn."""
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float

@@ -75,8 +75,10 @@ class RecordingStorage:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def create(self, calls: Sequence[NewCall], now: float) -> None:
-        await self.inner.create(calls, now)
+    async def create(
+        self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
+    ) -> list[Claimed]:
+        return await self.inner.create(calls, now, claim)
 
     def create_sync(
         self, calls: Sequence[NewCall], now: float, claim: Claim | None = None

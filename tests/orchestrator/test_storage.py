@@ -286,6 +286,22 @@ async def test_create_sync_claims_in_the_same_transaction(storage: Storage) -> N
     assert await state(storage, "c") == PENDING
 
 
+async def test_create_claims_in_the_same_transaction(storage: Storage) -> None:
+    """Calls dispatched through the API are claimed as they are created, as far as there is room."""
+    await storage.create([new("old", endpoint=EP2)], T)
+    wanted = Claim(owner=OWNER, endpoint=EP, limit=1, lease=60.0)
+    claimed = await storage.create([new("a"), new("b", endpoint=EP2), new("c")], T + 1, wanted)
+    assert [(call.id, call.attempt, call.run) for call in claimed] == [("a", 1, 1)]
+    assert [await state(storage, call_id) for call_id in ("a", "b", "c")] == [
+        RUNNING,
+        PENDING,
+        PENDING,
+    ]
+    again = await storage.create([new("a")], T + 2, wanted)  # exists: not claimed again
+    assert "a" not in [call.id for call in again]
+    assert await storage.create([new("d")], T + 2) == []  # no claim: none claimed
+
+
 # --- claim ------------------------------------------------------------------------------------
 
 
