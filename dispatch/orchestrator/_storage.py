@@ -8,6 +8,8 @@ A call moves through these states::
        │                  └──poll──▶ waiting ──enough results, or max wait──▶ pending
        └──────────────── lease expired (the orchestrator died) ──┘
 
+A call created with a claim (see :meth:`Storage.create`, and the children a
+suspension started, ``Suspend.started``) begins running, as a claim leaves it.
 Every transition is one transaction, guarded by what the caller last saw
 (state, lease owner, attempt number), so a late answer from a lost lease
 changes nothing and a call's result is recorded exactly once. Results of
