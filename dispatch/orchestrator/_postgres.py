@@ -562,20 +562,26 @@ BEGIN
     RETURN applied;
 END $$;
 
--- Whether calls are due at now (pending, or waiting past their max wait):
--- after a batch of completions and their claims (their count, after,
--- orders this after them), whether the engines' loops have work left. If
--- the completions made calls due, other processes are told then.
-CREATE FUNCTION dispatch_due_now(now float8, after bigint) RETURNS boolean
+-- Whether calls are due at now that no claim of the batch will take: pending
+-- on endpoints other than the claims' (skip; a claim's endpoint has none
+-- left, or no room, which the next completion there claims), or waiting
+-- past their max wait. What this process's engine has left to look for;
+-- called after the claims (their count, after, orders it so). If the
+-- completions made calls due and any are left, whatever the endpoint,
+-- other processes are told (they may have room).
+CREATE FUNCTION dispatch_due_now(now float8, skip text[], after bigint) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    more boolean := EXISTS (SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now)
-        OR EXISTS (SELECT 1 FROM calls WHERE state = 'waiting' AND wait_until <= now);
+    waits boolean := EXISTS (SELECT 1 FROM calls WHERE state = 'waiting' AND wait_until <= now);
+    elsewhere boolean := waits OR EXISTS (
+        SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now AND endpoint <> ALL(skip));
 BEGIN
-    IF more AND current_setting('dispatch.made_due', true) = 'on' THEN
+    IF current_setting('dispatch.made_due', true) = 'on' AND (elsewhere OR EXISTS (
+        SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now AND endpoint = ANY(skip)))
+    THEN
         PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
     END IF;
-    RETURN more;
+    RETURN elsewhere;
 END $$;
 """
 
@@ -683,7 +689,8 @@ _COMPLETE_AND_CLAIM = (
     "AS w(i integer, owner text, endpoint text, n integer, now float8, lease float8), "
     "LATERAL dispatch_claim(w.owner, w.endpoint, CASE WHEN completion.applied IS NULL "
     "THEN 0 ELSE w.n END, w.now, w.lease, false) AS c), "
-    "more AS MATERIALIZED (SELECT dispatch_due_now(%s, (SELECT count(*) FROM claimed)) AS due) "
+    "more AS MATERIALIZED (SELECT dispatch_due_now(%s, ARRAY(SELECT w.endpoint FROM "
+    "jsonb_to_recordset(%s::jsonb) AS w(endpoint text)), (SELECT count(*) FROM claimed)) AS due) "
     "SELECT completion.applied, more.due, claimed.* "
     "FROM completion CROSS JOIN more LEFT JOIN claimed ON true"
 )
@@ -920,9 +927,8 @@ class PostgresStorage:
             claim["lease"] = max(claim.get("lease", 0.0), lease)
         completions = _json([_completion(completion) for completion, *_ in batch])
         now = max(latest(completion) for completion, *_ in batch)
-        rows = await self._fetch(
-            _COMPLETE_AND_CLAIM, (completions, _json(list(claims.values())), now)
-        )
+        wanted = _json(list(claims.values()))
+        rows = await self._fetch(_COMPLETE_AND_CLAIM, (completions, wanted, now, wanted))
         (applied, more_due, *_), *_ = rows
         outcomes = [Completed(bool(a), [], more_due) for a in applied]
         for row in rows:

@@ -296,10 +296,13 @@ class SQLiteStorage:
             owner, endpoint, now = completion.owner, completion.call.endpoint, latest(completion)
             if limit > 0:
                 claimed = _claim(db, owner, endpoint, limit, now, lease)
+            # (Not of this endpoint: it has none left, or no room, which the
+            # next completion there claims.)
             (more_due,) = db.execute(
-                "SELECT EXISTS (SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= ?) "
+                "SELECT EXISTS (SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= ? "
+                "AND endpoint != ?) "
                 "OR EXISTS (SELECT 1 FROM calls WHERE state = 'waiting' AND wait_until <= ?)",
-                (now, now),
+                (now, endpoint, now),
             ).fetchone()
         return Completed(completed, claimed, bool(more_due))
 

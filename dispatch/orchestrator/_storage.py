@@ -150,8 +150,10 @@ class Completed(NamedTuple):
     """The completion was applied (False: its claim was lost; nothing changed)."""
     claimed: list[Claimed]
     more_due: bool
-    """Calls are due (on any endpoint) that the claim did not take: work for
-    the engine's loop. (After the claim, in the same transaction.)"""
+    """Calls are due that no claim of this kind will take: on other
+    endpoints, or waiting past their max wait (work for the engine's loop).
+    The completion's endpoint has none left, or no room: the next
+    completion there claims them. (After the claim, in the same transaction.)"""
 
 
 def latest(completion: Completion) -> float:

@@ -823,7 +823,7 @@ async def test_complete_and_claim_starts_the_children_of_a_suspension(storage: S
         completion(parent, transition, T + 1), 2, LEASE
     )
     # Of the calls due on the parent's endpoint, in the order they became due, up to the
-    # limit; the rest is due still, for the engine's loop.
+    # limit; those due on another endpoint are for the engine's loop.
     assert completed and more_due
     first, child = claimed
     assert first.id == "q" and child.id in ("p.1", "p.2", "p.3")
@@ -852,7 +852,8 @@ async def test_complete_and_claim_with_no_room_only_completes(storage: Storage) 
     done = await storage.complete_and_claim(
         completion(child, Finish(OK, output=b"x"), T + 3), 0, LEASE
     )
-    assert done == (True, [], True)  # the parent is due, not claimed
+    # The parent is due, not claimed: the next completion on its endpoint claims it.
+    assert done == (True, [], False)
     assert await state(storage, "p") == PENDING
 
 
