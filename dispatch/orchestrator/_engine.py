@@ -327,9 +327,9 @@ class Engine:
                     self.metrics.completed(ran, applied=done.applied)
             self._start(done.claimed)
             # The claim above took what this answer made due on its endpoint,
-            # as far as there was room; the loop looks for the rest (calls due
-            # elsewhere, or beyond that room), and for a retry's or a wait's
-            # due time that comes before it would look again anyway.
+            # as far as there was room (the next completion there takes the
+            # rest); the loop looks for calls due elsewhere, and for a retry's
+            # or a wait's due time that comes before it would look again anyway.
             wake = done.more_due or _due_soon(completion.transition, completion.now)
             if not done.applied:
                 logger.info("call %s: lost its claim; its answer was dropped", call.id)
