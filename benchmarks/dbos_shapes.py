@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -61,7 +60,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -69,6 +68,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from databases import fresh_database
 from dbos import DBOS, DBOSClient, EnqueueOptions
 
 HERE = Path(__file__).parent
@@ -282,24 +282,12 @@ def child(variant: Variant, database: str) -> None:
 # The parent process: fresh database and process per run, medians, table, JSON.
 
 
-@contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    """A fresh database on the PostgreSQL ``server``, dropped afterwards: its URL."""
-    name = f"dbos_shapes_{os.getpid()}_{time.time_ns() % 10**9}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield server.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
 def run_once(variant: Variant, server: str) -> dict[str, Any]:
     index = VARIANTS.index(variant)
     command = [sys.executable, str(Path(__file__).resolve()), "--child", str(index)]
     # Output to files, not pipes: a full pipe would stall the process measured.
     with (
-        fresh_database(server) as database,
+        fresh_database(server, "dbos_shapes") as database,
         tempfile.TemporaryDirectory(prefix="dbos-shapes-") as directory,
         open(Path(directory) / "out", "w+b") as out,
         open(Path(directory) / "err", "w+b") as err,

@@ -66,10 +66,12 @@ POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 def run_once(shape: str, mode: str, orchestrators: int = 1, postgres: str = POSTGRES) -> Any:
     with tempfile.TemporaryDirectory(prefix="dispatch-e2e-") as directory:
         if mode in ("postgres", "embedded-postgres"):
+            from databases import fresh_database  # (psycopg: only for these modes)
+
             embedded = mode == "embedded-postgres"
             servers = orchestrators - 1 if embedded else orchestrators
             with (
-                _database(postgres) as database,
+                fresh_database(postgres, "dispatch_e2e") as database,
                 _servers(directory, database, servers) as apis,
             ):
                 app = f"127.0.0.1:{_free_port()}"
@@ -124,20 +126,6 @@ def _run_app(
             result["peak_rss"] = max(result["peak_rss"], usage.ru_maxrss * 1024)
             return result
     raise SystemExit(f"{shape} ({mode}) printed no result:\n{stdout}\n{stderr}")
-
-
-@contextlib.contextmanager
-def _database(server: str) -> Iterator[str]:
-    """A fresh database on the PostgreSQL ``server``, dropped afterwards: its URL."""
-    import psycopg
-
-    name = f"dispatch_e2e_{os.getpid()}_{time.time_ns() % 10**9}"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield server.rsplit("/", 1)[0] + f"/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def _free_port() -> int:
