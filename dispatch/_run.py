@@ -181,7 +181,14 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
         where = storage.path
     else:  # (not the URL itself: it may hold a password)
         where = "PostgreSQL: DISPATCH_DATABASE_URL"
-    _serve(server, init, on_started=announce, banner=f"embedded orchestrator ({where})")
+
+    def start() -> None:
+        storage.create_sync([], time.time())  # ready: the first dispatch does not connect
+        if init is not None:
+            init()
+
+    banner = f"embedded orchestrator ({where})"
+    _serve(server, init and start, on_started=announce, banner=banner)
 
 
 def _serve(

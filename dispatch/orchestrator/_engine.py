@@ -353,8 +353,8 @@ class Engine:
         self, call: Claimed, completion: Completion
     ) -> tuple[Completion, list[tuple[Claimed, asyncio.Future[Completion]]]]:
         """Start the first attempts of the children that ``completion``
-        suspends ``call`` for, as far as their endpoints have room, before the
-        suspension is recorded; the suspension, those children and how the
+        suspends ``call`` for, as far as their endpoints have room (and more
+        as attempts end and leave room), before the suspension is recorded; the suspension, those children and how the
         attempts that ended meanwhile did are then recorded in one
         transaction, which makes the parent due at once if they gave it the
         results it waits for. Waits up to ``inline_window`` seconds (never past
@@ -368,47 +368,64 @@ class Engine:
         if call.cancelling or suspend.cancel or self._stopping:
             return completion, []
         now = self.clock()
-        attempts: list[tuple[Claimed, asyncio.Future[Completion]]] = []
-        for child in suspend.children:
-            if self.endpoints is not None and child.endpoint not in self.endpoints:
-                continue
-            if not self.limiter(child.endpoint).take(1):
-                continue
-            claimed = first_run(child, now)
-            attempts.append((claimed, asyncio.ensure_future(self._run(claimed, now))))
+        attempts: dict[asyncio.Future[Completion], Claimed] = {}
+        waiting: set[asyncio.Future[Completion]] = set()
+        ended: set[asyncio.Future[Completion]] = set()  # with an answer, released
+        unstarted = [
+            child
+            for child in suspend.children
+            if self.endpoints is None or child.endpoint in self.endpoints
+        ]
+
+        def start() -> None:
+            """Start as many of the children not started yet as there is room for."""
+            nonlocal unstarted
+            left = []
+            for child in unstarted:
+                if self.limiter(child.endpoint).take(1):
+                    claimed = first_run(child, now)
+                    attempt = asyncio.ensure_future(self._run(claimed, now))
+                    attempts[attempt] = claimed
+                    waiting.add(attempt)
+                else:
+                    left.append(child)
+            unstarted = left
+
+        start()
         if not attempts:
             return completion, []
-        waiting = {attempt for _, attempt in attempts}
         deadline = time.monotonic() + min(self.inline_window, suspend.wait_until - now)
-        ended = 0
         try:
-            while waiting and ended < suspend.min_results:
+            while waiting and len(attempts) - len(waiting) < suspend.min_results:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
                     break
-                done, waiting = await asyncio.wait(
+                done, _ = await asyncio.wait(
                     waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
-                ended += len(done)
+                waiting -= done
+                # Their room goes to the children not started yet (an attempt
+                # that failed is released as it is recorded, by _attempt).
+                for attempt in done:
+                    if attempt.exception() is None:
+                        ended.add(attempt)
+                        self.limiter(attempts[attempt].endpoint).release(
+                            _increase(attempt.result())
+                        )
+                start()
         except BaseException:  # (cancelled: stopping) nothing of them will be recorded
-            for claimed, attempt in attempts:
-                attempt.cancel()
-                self.limiter(claimed.endpoint).give_back(1)
+            for attempt, claimed in attempts.items():
+                if attempt not in ended:
+                    attempt.cancel()
+                    self.limiter(claimed.endpoint).give_back(1)
             raise
-        ran = []
-        running = []
-        for claimed, attempt in attempts:
-            if attempt.done() and attempt.exception() is None:
-                ran.append(attempt.result())
-                self.limiter(claimed.endpoint).release(_increase(attempt.result()))
-            else:
-                running.append((claimed, attempt))
         transition = replace(
             suspend,
-            started=tuple(claimed.id for claimed, _ in attempts),
+            started=tuple(claimed.id for claimed in attempts.values()),
             lease_until=now + self.lease,
-            ran=tuple(ran),
+            ran=tuple(attempt.result() for attempt in attempts if attempt in ended),
         )
+        running = [(claimed, a) for a, claimed in attempts.items() if a not in ended]
         return replace(completion, transition=transition), running
 
     def _start(self, claimed: list[Claimed], acquired: bool = False) -> None:

@@ -370,7 +370,8 @@ class Storage(Protocol):
         self, calls: Sequence[NewCall], now: float, claim: Claim | None = None
     ) -> list[Claimed]:
         """:meth:`create`, blocking, from any thread: an embedded application's
-        dispatches, stored without waiting for the event loop's turn."""
+        dispatches, stored without waiting for the event loop's turn. With no
+        calls, nothing is created (a backend may get ready for the first)."""
 
     async def claim(
         self, owner: str, endpoint: str | None, limit: int, now: float, lease: float

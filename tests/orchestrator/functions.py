@@ -83,6 +83,11 @@ async def fan_out(n: int) -> list[list[int]]:
 
 
 @function
+async def adds(n: int) -> list[int]:
+    return await dispatch.gather(*[add(i, 1) for i in range(n)])
+
+
+@function
 async def two_steps(x: int) -> int:
     events.append(("two_steps started", x))
     a: int = await add(x, 1)

@@ -273,6 +273,22 @@ async def test_children_that_end_at_once_are_recorded_with_the_suspension(via: s
             assert statuses(child) == [Status.OK]
 
 
+async def test_children_beyond_the_limit_start_in_the_window_as_room_frees_up() -> None:
+    """A fan-out wider than its endpoint's limit: as the first children end,
+    the next ones start, within the limit, and all are recorded with the
+    suspension that made them (one transaction for the whole step)."""
+    async with Env(limiter=lambda: Limiter(initial=2, maximum=2), inline_window=10.0) as env:
+        record = await env.run("adds", 7)
+        assert env.value(record) == [1, 2, 3, 4, 5, 6, 7]
+        assert [c.call.function for c in env.storage.completions] == ["adds", "adds"]
+        (poll,) = [
+            c.transition for c in env.storage.completions if isinstance(c.transition, Suspend)
+        ]
+        assert sorted(ran.call.id for ran in poll.ran) == sorted(record.children)
+        limiter = env.engine.limiter(ENDPOINT)
+        assert (limiter.in_flight, limiter.limit) == (0, 2)
+
+
 async def test_children_still_running_after_the_window_are_recorded_running() -> None:
     """Children whose first attempt outlasts the window show as running once the
     suspension is recorded, and finish as attempts of their own."""
