@@ -83,7 +83,11 @@ MIGRATION_LOCK = 0x64697370  # "disp": the advisory lock migrations take
 # so one round trip and a transaction that lasts as long as the server needs,
 # never as long as a busy event loop takes to send the next statement.
 # They are made again, as written here, whenever the database holds another
-# definition of them (see FUNCTIONS_DIGEST).
+# definition of them (see FUNCTIONS_DIGEST). Their statements take generic
+# plans ({generic}), made once per connection: the plans do not depend on
+# the values (ids, batches as JSON), and a connection would otherwise plan
+# each statement anew on each of its first five executions before settling
+# (measured: the statement of a coroutine's step, 1.3 ms -> 0.9 ms).
 _FUNCTIONS = r"""
 -- Insert calls due now, from a JSON array of them (see _call): how many
 -- were new, and the ids of those inserted claimed. An id that exists is
@@ -92,7 +96,7 @@ _FUNCTIONS = r"""
 -- lease_until, as dispatch_claim would leave it): no second write of its row.
 CREATE FUNCTION dispatch_insert(
     new_calls jsonb, now float8, existing_ok boolean, OUT inserted integer, OUT claimed text[]
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql {generic} AS $$
 DECLARE
     -- (A lease counts from when the claim happens, as in dispatch_claim.)
     waited float8 := extract(epoch FROM clock_timestamp() - statement_timestamp());
@@ -129,7 +133,7 @@ END $$;
 -- (not created again) unless it is of another function or endpoint:
 -- SQLSTATE DP409.
 CREATE FUNCTION dispatch_create(new_calls jsonb, now float8) RETURNS text[]
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql {generic} AS $$
 DECLARE
     made record;
     conflict record;
@@ -157,7 +161,7 @@ END $$;
 
 -- Make a waiting call due if it has the results it asked for, or has some
 -- and will get no more (no child left running); whether it did.
-CREATE FUNCTION dispatch_wake(call_id text, now float8) RETURNS boolean LANGUAGE plpgsql AS $$
+CREATE FUNCTION dispatch_wake(call_id text, now float8) RETURNS boolean LANGUAGE plpgsql {generic} AS $$
 BEGIN
     UPDATE calls SET state = 'pending', due_at = now
     WHERE id = call_id AND state = 'waiting'
@@ -170,7 +174,7 @@ END $$;
 CREATE FUNCTION dispatch_deliver(
     child text, parent text, result_status integer, result_output bytea,
     result_error bytea, now float8
-) RETURNS boolean LANGUAGE plpgsql AS $$
+) RETURNS boolean LANGUAGE plpgsql {generic} AS $$
 DECLARE
     n integer;
     ready boolean;
@@ -193,7 +197,7 @@ END $$;
 -- notify_parents, a cancelled call's parent that is not itself cancelled
 -- receives a "cancelled" error as the call's result.
 CREATE FUNCTION dispatch_cancel(roots text[], now float8, notify_parents boolean)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql {generic} AS $$
 DECLARE
     ids text[];
     resumed integer;
@@ -263,7 +267,7 @@ CREATE FUNCTION dispatch_claim(
     snapshot bytea, attempt integer, runs integer, created_at float8, expires_at float8,
     cancelled_at float8, result_seqs bigint[], result_cids bigint[], result_children text[],
     result_statuses integer[], result_outputs bytea[], result_errors bytea[]
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql {generic} AS $$
 #variable_conflict use_column
 DECLARE
     ids text[];
@@ -323,7 +327,7 @@ END $$;
 -- 'retry' (due, status, error, restart, tail_function, tail_input) or
 -- 'suspend' (snapshot, min/max results, wait_until, the children, the
 -- correlation ids to cancel).
-CREATE FUNCTION dispatch_complete(completion jsonb) RETURNS boolean LANGUAGE plpgsql AS $$
+CREATE FUNCTION dispatch_complete(completion jsonb) RETURNS boolean LANGUAGE plpgsql {generic} AS $$
 #variable_conflict use_column
 DECLARE
     call_id text := completion->>'id';
@@ -483,7 +487,7 @@ END $$;
 -- run (no children to cancel, no results received, nothing dispatched) and
 -- were not cancelled meanwhile, whose claim holds. The rest, in order, one
 -- by one (dispatch_complete).
-CREATE FUNCTION dispatch_complete_many(batch jsonb) RETURNS boolean[] LANGUAGE plpgsql AS $$
+CREATE FUNCTION dispatch_complete_many(batch jsonb) RETURNS boolean[] LANGUAGE plpgsql {generic} AS $$
 DECLARE
     applied boolean[] := '{}';
     completion jsonb;
@@ -577,7 +581,7 @@ END $$;
 -- completions made calls due and any are left, whatever the endpoint,
 -- other processes are told (they may have room).
 CREATE FUNCTION dispatch_due_now(now float8, skip text[], after bigint) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql {generic} AS $$
 DECLARE
     waits boolean := EXISTS (SELECT 1 FROM calls WHERE state = 'waiting' AND wait_until <= now);
     elsewhere boolean := waits OR EXISTS (
@@ -673,7 +677,8 @@ FUNCTIONS = (
     "DROP FUNCTION IF EXISTS dispatch_due_now, dispatch_complete_many, dispatch_complete, "
     "dispatch_claim, dispatch_cancel_children, dispatch_cancel, dispatch_deliver, "
     "dispatch_wake, dispatch_create, dispatch_insert;"
-    + _FUNCTIONS.replace("{cancelled}", str(CANCELLED))
+    + _FUNCTIONS.replace("{generic}", "SET plan_cache_mode = force_generic_plan")
+    .replace("{cancelled}", str(CANCELLED))
     .replace("{permanent_error}", str(Status.PERMANENT_ERROR.value))
     .replace("{cancelled_error}", f"'\\x{CANCELLED_ERROR.hex()}'::bytea")
 )
