@@ -354,15 +354,15 @@ class Engine:
     ) -> tuple[Completion, list[tuple[Claimed, asyncio.Future[Completion]]]]:
         """Start the first attempts of the children that ``completion``
         suspends ``call`` for, as far as their endpoints have room (and more
-        as attempts end and leave room), before the suspension is recorded; the suspension, those children and how the
-        attempts that ended meanwhile did are then recorded in one
-        transaction, which makes the parent due at once if they gave it the
-        results it waits for. Waits up to ``inline_window`` seconds (never past
-        its max wait), or until they did: a crash before that transaction
-        loses those attempts (the parent runs again from its last snapshot,
-        and makes its children again), never more. The completion to record,
-        and the attempts still running (of calls it creates claimed, each
-        recorded once it is)."""
+        as attempts end and leave room), before the suspension is recorded;
+        the suspension, those children and how the attempts that ended
+        meanwhile did are then recorded in one transaction, which makes the
+        parent due at once if they gave it the results it waits for. Waits up
+        to ``inline_window`` seconds (never past its max wait), or until they
+        did: a crash before that transaction loses those attempts (the parent
+        runs again from its last snapshot, and makes its children again),
+        never more. The completion to record, and the attempts still running
+        (of calls it creates claimed, each recorded once it is)."""
         suspend = completion.transition
         assert isinstance(suspend, Suspend)
         if call.cancelling or suspend.cancel or self._stopping:

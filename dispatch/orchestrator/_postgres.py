@@ -161,7 +161,8 @@ END $$;
 
 -- Make a waiting call due if it has the results it asked for, or has some
 -- and will get no more (no child left running); whether it did.
-CREATE FUNCTION dispatch_wake(call_id text, now float8) RETURNS boolean LANGUAGE plpgsql {generic} AS $$
+CREATE FUNCTION dispatch_wake(call_id text, now float8) RETURNS boolean
+LANGUAGE plpgsql {generic} AS $$
 BEGIN
     UPDATE calls SET state = 'pending', due_at = now
     WHERE id = call_id AND state = 'waiting'
@@ -362,6 +363,8 @@ DECLARE
     n_delivered integer := cardinality(delivered_seqs);
     due_now boolean := false;
     cancel_time float8;
+    ended_children text[];
+    ran jsonb := coalesce(completion->'ran', '[]');
 BEGIN
     -- The transition, guarded by what the claimer saw (and applied in one
     -- statement unless the call was cancelled meanwhile).
@@ -445,12 +448,62 @@ BEGIN
             UPDATE calls SET undelivered = 0 WHERE id = call_id;
         END IF;
     ELSIF kind = 'suspend' THEN
+        -- Children whose first attempt finished before this was recorded
+        -- (nothing dispatched) are created done, with that attempt and their
+        -- result: one write of their row, not two.
+        WITH r AS (
+            SELECT t.id AS ran_id, t.attempt, t.now AS ended, t.status, t.output, t.error,
+                t.reported, t.duration, t.error_type, t.error_message, t.traceback,
+                t.snapshot_size
+            FROM jsonb_to_recordset(ran) AS t(
+                id text, run integer, attempt integer, now float8, kind text,
+                status integer, output text, error text, reported integer, duration float8,
+                error_type text, error_message text, traceback text, snapshot_size integer,
+                dispatched jsonb, cancelling boolean)
+            WHERE t.kind = 'finish' AND t.run = 1 AND NOT t.cancelling
+                AND jsonb_array_length(t.dispatched) = 0
+        ), c AS (
+            SELECT * FROM jsonb_to_recordset(children) AS c(id text, root text, cid bigint,
+                function text, endpoint text, input text, expires float8)
+            JOIN r ON r.ran_id = c.id
+        ), made AS (
+            INSERT INTO calls (id, root_id, parent_id, correlation_id, function, endpoint,
+                               input, state, status, output, error, due_at, created_at,
+                               expires_at, finished_at, attempt, runs)
+            SELECT c.id, c.root, call_id, c.cid, c.function, c.endpoint,
+                decode(c.input, 'base64'), 'done', c.status, decode(c.output, 'base64'),
+                decode(c.error, 'base64'), now, now, c.expires, c.ended, c.attempt, 1
+            FROM c
+            RETURNING calls.id
+        ), recorded AS (
+            INSERT INTO attempts (call_id, number, attempt, started_at, finished_at, status,
+                                  error_type, error_message, snapshot_size, traceback)
+            SELECT c.id, 1, c.attempt, c.ended - c.duration, c.ended, c.reported, c.error_type,
+                c.error_message, c.snapshot_size, c.traceback
+            FROM c
+        ), delivered AS (
+            INSERT INTO results (parent_id, correlation_id, child_id, status, output, error)
+            SELECT call_id, c.cid, c.id,
+                CASE WHEN c.status = {cancelled} THEN {permanent_error} ELSE c.status END,
+                decode(c.output, 'base64'), decode(c.error, 'base64')
+            FROM c
+        )
+        SELECT coalesce(array_agg(made.id), '{}') INTO ended_children FROM made;
+        IF cardinality(ended_children) > 0 THEN
+            UPDATE calls SET outstanding = outstanding - cardinality(ended_children),
+                undelivered = undelivered + cardinality(ended_children)
+            WHERE id = call_id;
+            children := (SELECT coalesce(jsonb_agg(value), '[]') FROM jsonb_array_elements(children)
+                         WHERE NOT value->>'id' = ANY(ended_children));
+            ran := (SELECT coalesce(jsonb_agg(value), '[]') FROM jsonb_array_elements(ran)
+                    WHERE NOT value->>'id' = ANY(ended_children));
+        END IF;
         IF (dispatch_insert(children, now, false)).inserted > 0 THEN
             due_now := true;
         END IF;
-        -- The first attempts of children that ended before this was recorded.
-        IF jsonb_array_length(completion->'ran') > 0 THEN
-            PERFORM dispatch_complete_many(completion->'ran');
+        -- The other first attempts of children that ended before this was recorded.
+        IF jsonb_array_length(ran) > 0 THEN
+            PERFORM dispatch_complete_many(ran);
         END IF;
         IF cardinality(cancel_cids) > 0 THEN
             PERFORM dispatch_cancel(
@@ -487,7 +540,8 @@ END $$;
 -- run (no children to cancel, no results received, nothing dispatched) and
 -- were not cancelled meanwhile, whose claim holds. The rest, in order, one
 -- by one (dispatch_complete).
-CREATE FUNCTION dispatch_complete_many(batch jsonb) RETURNS boolean[] LANGUAGE plpgsql {generic} AS $$
+CREATE FUNCTION dispatch_complete_many(batch jsonb) RETURNS boolean[]
+LANGUAGE plpgsql {generic} AS $$
 DECLARE
     applied boolean[] := '{}';
     completion jsonb;

@@ -904,6 +904,21 @@ async def test_a_suspension_records_the_children_it_started_and_how_they_ended(
     assert completed and [call.id for call in claimed] == ["p"] and not more_due
     assert delivered(claimed[0].results) == [(1, "p.1", b"one")]
     assert [await state(storage, f"p.{cid}") for cid in (1, 2, 3)] == [DONE, PENDING, RUNNING]
+    record = await storage.get("p.1")  # done as it was created: a call like any other
+    assert record is not None
+    assert (record.parent_id, record.root_id, record.function, record.input) == (
+        "p",
+        "p",
+        "f",
+        b"input of p.1",
+    )
+    assert (record.status, record.output, record.error, record.attempt) == (OK, b"one", None, 1)
+    assert (record.created_at, record.finished_at) == (T + 1, T + 2)
+    assert [
+        (a.number, a.attempt, a.started_at, a.finished_at, a.status) for a in record.attempts
+    ] == [(1, 1, T + 1.5, T + 2, OK)]
+    parent_record = await storage.get("p")
+    assert parent_record is not None and list(parent_record.children) == ["p.1", "p.2", "p.3"]
     record = await storage.get("p.2")  # its first attempt failed: retried later
     assert record is not None and len(record.attempts) == 1 and await next_due(storage) == T + 50
     # The third is the owner's first attempt, as a claim would have left it.
