@@ -369,8 +369,17 @@ class Engine:
             return completion, []
         now = self.clock()
         attempts: dict[asyncio.Future[Completion], Claimed] = {}
-        waiting: set[asyncio.Future[Completion]] = set()
         ended: set[asyncio.Future[Completion]] = set()  # with an answer, released
+        seen = 0  # attempts that ended, with an answer or not
+        # Each attempt says when it ends (one callback each: waiting on all
+        # of them again after each end would cost as many as there are).
+        just_ended: list[asyncio.Future[Completion]] = []
+        any_ended = asyncio.Event()
+
+        def on_end(attempt: asyncio.Future[Completion]) -> None:
+            just_ended.append(attempt)
+            any_ended.set()
+
         unstarted = [
             child
             for child in suspend.children
@@ -385,8 +394,8 @@ class Engine:
                 if self.limiter(child.endpoint).take(1):
                     claimed = first_run(child, now)
                     attempt = asyncio.ensure_future(self._run(claimed, now))
+                    attempt.add_done_callback(on_end)
                     attempts[attempt] = claimed
-                    waiting.add(attempt)
                 else:
                     left.append(child)
             unstarted = left
@@ -396,22 +405,27 @@ class Engine:
             return completion, []
         deadline = time.monotonic() + min(self.inline_window, suspend.wait_until - now)
         try:
-            while waiting and len(attempts) - len(waiting) < suspend.min_results:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                done, _ = await asyncio.wait(
-                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                waiting -= done
+            while seen < len(attempts) and seen < suspend.min_results:
+                if not just_ended:
+                    any_ended.clear()
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await any_ended.wait()
+                    if not just_ended:
+                        break
                 # Their room goes to the children not started yet (an attempt
                 # that failed is released as it is recorded, by _attempt).
-                for attempt in done:
+                for attempt in just_ended:
                     if attempt.exception() is None:
                         ended.add(attempt)
                         self.limiter(attempts[attempt].endpoint).release(
                             _increase(attempt.result())
                         )
+                seen += len(just_ended)
+                just_ended.clear()
                 start()
         except BaseException:  # (cancelled: stopping) nothing of them will be recorded
             for attempt, claimed in attempts.items():
