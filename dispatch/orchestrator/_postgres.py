@@ -364,7 +364,7 @@ DECLARE
     due_now boolean := false;
     cancel_time float8;
     ended_children text[];
-    ran jsonb := coalesce(completion->'ran', '[]');
+    ran jsonb;
 BEGIN
     -- The transition, guarded by what the claimer saw (and applied in one
     -- statement unless the call was cancelled meanwhile).
@@ -451,6 +451,7 @@ BEGIN
         -- Children whose first attempt finished before this was recorded
         -- (nothing dispatched) are created done, with that attempt and their
         -- result: one write of their row, not two.
+        ran := coalesce(completion->'ran', '[]');
         WITH r AS (
             SELECT t.id AS ran_id, t.attempt, t.now AS ended, t.status, t.output, t.error,
                 t.reported, t.duration, t.error_type, t.error_message, t.traceback,
