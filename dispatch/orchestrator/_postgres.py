@@ -456,13 +456,7 @@ BEGIN
             SELECT t.id AS ran_id, t.attempt, t.now AS ended, t.status, t.output, t.error,
                 t.reported, t.duration, t.error_type, t.error_message, t.traceback,
                 t.snapshot_size
-            FROM jsonb_to_recordset(ran) AS t(
-                id text, run integer, attempt integer, now float8, kind text,
-                status integer, output text, error text, reported integer, duration float8,
-                error_type text, error_message text, traceback text, snapshot_size integer,
-                dispatched jsonb, cancelling boolean)
-            WHERE t.kind = 'finish' AND t.run = 1 AND NOT t.cancelling
-                AND jsonb_array_length(t.dispatched) = 0
+            FROM {first_run_finishes(ran)}
         ), c AS (
             SELECT * FROM jsonb_to_recordset(children) AS c(id text, root text, cid bigint,
                 function text, endpoint text, input text, expires float8)
@@ -552,13 +546,7 @@ DECLARE
     latest float8;
 BEGIN
     WITH f AS (
-        SELECT t.* FROM jsonb_to_recordset(batch) AS t(
-            id text, owner text, run integer, attempt integer, parent text, now float8,
-            kind text, status integer, output text, error text, reported integer,
-            duration float8, error_type text, error_message text, traceback text,
-            snapshot_size integer, delivered jsonb, dispatched jsonb, cancelling boolean)
-        WHERE t.kind = 'finish' AND t.run = 1 AND NOT t.cancelling
-            AND jsonb_array_length(t.delivered) = 0 AND jsonb_array_length(t.dispatched) = 0
+        SELECT t.* FROM {first_run_finishes(batch)} AND jsonb_array_length(t.delivered) = 0
     ), done AS (
         UPDATE calls SET state = 'done', status = f.status, output = decode(f.output, 'base64'),
             error = decode(f.error, 'base64'), finished_at = f.now, snapshot = NULL,
@@ -728,11 +716,28 @@ MIGRATIONS = [
     """,
 ]
 
+
+def _first_run_finishes(array: str) -> str:
+    """SQL: the completions of the JSON array ``array`` that finished a
+    call's first run, dispatched nothing and were not cancelled: those
+    applied set-based (by dispatch_complete_many, and as children created
+    done by dispatch_complete), with a WHERE clause that more may follow."""
+    return f"""jsonb_to_recordset({array}) AS t(
+            id text, owner text, run integer, attempt integer, parent text, now float8,
+            kind text, status integer, output text, error text, reported integer,
+            duration float8, error_type text, error_message text, traceback text,
+            snapshot_size integer, delivered jsonb, dispatched jsonb, cancelling boolean)
+        WHERE t.kind = 'finish' AND t.run = 1 AND NOT t.cancelling
+            AND jsonb_array_length(t.dispatched) = 0"""
+
+
 FUNCTIONS = (
     "DROP FUNCTION IF EXISTS dispatch_due_now, dispatch_complete_many, dispatch_complete, "
     "dispatch_claim, dispatch_cancel_children, dispatch_cancel, dispatch_deliver, "
     "dispatch_wake, dispatch_create, dispatch_insert;"
     + _FUNCTIONS.replace("{generic}", "SET plan_cache_mode = force_generic_plan")
+    .replace("{first_run_finishes(batch)}", _first_run_finishes("batch"))
+    .replace("{first_run_finishes(ran)}", _first_run_finishes("ran"))
     .replace("{cancelled}", str(CANCELLED))
     .replace("{permanent_error}", str(Status.PERMANENT_ERROR.value))
     .replace("{cancelled_error}", f"'\\x{CANCELLED_ERROR.hex()}'::bytea")
