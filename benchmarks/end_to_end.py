@@ -21,8 +21,9 @@ application in its own process sending its calls to the first; the
 orchestrators share the work through the database. ``--mode
 embedded-postgres``: the application's embedded orchestrator on PostgreSQL
 (``DISPATCH_DATABASE_URL``), dispatching and running calls in process as
-DBOS does, joined by 0, 1 and 2 ``dispatch server`` processes that run its
-calls over HTTP. Besides wall time it reports the CPU the whole machine spent per
+DBOS does, joined by 0, 1 and 2 ``dispatch server`` processes (which leave
+its calls to it unless they wait for more than a second, then run them over
+HTTP). Besides wall time it reports the CPU the whole machine spent per
 call (orchestrators, application and PostgreSQL: this machine has 2 cores,
 so three orchestrators cannot run three times as fast).
 

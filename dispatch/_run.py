@@ -173,7 +173,7 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
         if not storage.exclusive:
             # A database shared with other orchestrators holds other
             # applications' calls too: this one runs its own, in process.
-            engine.endpoints = {f"http://{host}:{_bound_port(server) or port}/dispatch"}
+            engine.host({f"http://{host}:{_bound_port(server) or port}/dispatch"})
 
     if "DISPATCH_DATABASE_URL" not in os.environ:
         where = str(directory)

@@ -85,6 +85,11 @@ LOOK = 1.0
 """Seconds at most between two looks of the engine's loop for due calls."""
 
 
+HANDOFF = 1.0
+"""Seconds that the calls of an endpoint another orchestrator runs in
+process (see :meth:`Engine.host`) wait for it before this one takes them:
+it runs them without HTTP, the others only take its backlog over."""
+
 INLINE_WINDOW = 0.05
 """Seconds at most that a suspension waits, before it is recorded, for the
 first attempts of its children that the engine started (see _start_children)."""
@@ -144,6 +149,7 @@ class Engine:
         self._attempts: dict[str, asyncio.Task[None]] = {}
         self.endpoints: set[str] | None = None
         """The endpoints whose calls this engine runs (None: every endpoint)."""
+        self._hosting: set[asyncio.Task[None]] = set()
         self._turns: dict[str, int] = {}
         self.metrics = Metrics()
         self._running = False
@@ -178,6 +184,27 @@ class Engine:
         if len(claimed) < created:
             self.wake()
 
+    def host(self, endpoints: set[str]) -> None:
+        """On the event loop: run the calls of ``endpoints`` alone, an
+        application's own endpoint served in this process. On a database
+        shared with other orchestrators it says so (renewed with the leases,
+        withdrawn at stop), and they leave those calls to this one unless
+        they wait for more than ``HANDOFF`` seconds: running them here costs
+        no HTTP request."""
+        self.endpoints = endpoints
+        if not self.storage.exclusive:
+            task = asyncio.ensure_future(self._record_hosts(endpoints))
+            self._hosting.add(task)
+            task.add_done_callback(self._hosting.discard)
+
+    async def _record_hosts(self, endpoints: set[str]) -> None:
+        """Record ``endpoints`` as hosted by this engine for a lease (none: withdraw)."""
+        now = self.clock()
+        try:
+            await self.storage.host(self.owner, sorted(endpoints), now, now + self.lease)
+        except Exception:
+            logger.exception("recording the endpoints run in this process failed")
+
     def wake(self) -> None:
         """New work may be due (calls created, results delivered)."""
         self._wake.set()
@@ -209,7 +236,7 @@ class Engine:
                 self._wake.clear()
                 now = self.clock()
                 due = await self.storage.due(now)
-                claimed = await self._fill(now, due.endpoints)
+                claimed = await self._fill(now, due.endpoints, due.hosts)
                 await self._sleep(claimed, now, due.next)
         finally:
             self._running = False
@@ -237,6 +264,10 @@ class Engine:
         # Wait for the cancelled ones too: once stopped, nothing may touch the storage.
         if self._attempts:
             await asyncio.wait(list(self._attempts.values()))
+        if self.endpoints and not self.storage.exclusive:
+            if self._hosting:
+                await asyncio.wait(list(self._hosting))
+            await self._record_hosts(set())  # the others take its calls at once
 
     async def _sleep(self, claimed: bool, filled: float, due: float | None) -> None:
         """Until new work may be due: a wake-up, or the next due time.
@@ -254,8 +285,10 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _fill(self, now: float, endpoints: list[str]) -> bool:
-        """Claim due calls for every endpoint with room; whether any were claimed."""
+    async def _fill(self, now: float, endpoints: list[str], hosts: dict[str, str]) -> bool:
+        """Claim due calls for every endpoint with room; whether any were
+        claimed. Of an endpoint another process hosts (see :meth:`host`),
+        only those due ``HANDOFF`` seconds ago (leased all the same from now)."""
         claimed_any = False
         for endpoint in endpoints:
             if self.endpoints is not None and endpoint not in self.endpoints:
@@ -264,7 +297,10 @@ class Engine:
             free = limiter.available()
             if not free:
                 continue
-            claimed = await self.storage.claim(self.owner, endpoint, free, now, self.lease)
+            handoff = HANDOFF if hosts.get(endpoint, self.owner) != self.owner else 0.0
+            claimed = await self.storage.claim(
+                self.owner, endpoint, free, now - handoff, self.lease + handoff
+            )
             self._start(claimed)
             claimed_any = claimed_any or bool(claimed)
         return claimed_any
@@ -272,6 +308,8 @@ class Engine:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
+            if self.endpoints and not self.storage.exclusive:
+                await self._record_hosts(self.endpoints)
             try:
                 await self.storage.renew(
                     self.owner, list(self._attempts), self.clock() + self.lease

@@ -714,6 +714,14 @@ MIGRATIONS = [
     """
     ALTER TABLE schema_version ADD COLUMN functions text;
     """,
+    # 4: the endpoints that an orchestrator runs in process (see host).
+    """
+    CREATE TABLE hosts (
+        endpoint text PRIMARY KEY,
+        owner text NOT NULL,
+        expires double precision NOT NULL
+    );
+    """,
 ]
 
 
@@ -1085,16 +1093,30 @@ class PostgresStorage:
             cursor = await self._leases.execute(sql, parameters)
             return await cursor.fetchall() if cursor.description else []
 
+    async def host(self, owner: str, endpoints: Sequence[str], now: float, until: float) -> None:
+        # (On the connection kept for leases: a host that keeps up must not
+        # look gone while a burst of completions takes every pooled one.)
+        await self._keep_leases(
+            "WITH mine AS (SELECT unnest(%s::text[]) AS endpoint), "
+            "gone AS (DELETE FROM hosts WHERE (owner = %s OR expires <= %s) "
+            "AND endpoint NOT IN (SELECT endpoint FROM mine)) "
+            "INSERT INTO hosts (endpoint, owner, expires) SELECT endpoint, %s, %s FROM mine "
+            "ON CONFLICT (endpoint) DO UPDATE SET owner = EXCLUDED.owner, "
+            "expires = EXCLUDED.expires",
+            (list(endpoints), owner, now, owner, until),
+        )
+
     async def due(self, now: float) -> Due:
         # Waiting calls past their max wait are due too: claim() resumes them.
-        ((endpoints, earliest),) = await self._fetch(
+        ((endpoints, earliest, hosts),) = await self._fetch(
             "SELECT ARRAY(SELECT endpoint FROM calls WHERE state = 'pending' AND due_at <= %s "
             "UNION SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= %s), "
             "LEAST((SELECT MIN(due_at) FROM calls WHERE state = 'pending'), "
-            "(SELECT MIN(wait_until) FROM calls WHERE state = 'waiting'))",
-            (now, now),
+            "(SELECT MIN(wait_until) FROM calls WHERE state = 'waiting')), "
+            "(SELECT jsonb_object_agg(endpoint, owner) FROM hosts WHERE expires > %s)",
+            (now, now, now),
         )
-        return Due(endpoints, earliest)
+        return Due(endpoints, earliest, hosts or {})
 
     async def cancel(self, call_id: str, now: float) -> int:
         rows = await self._fetch("SELECT dispatch_cancel(%s, %s, true)", ([call_id], now))

@@ -17,15 +17,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from postgres_server import postgres_database, postgres_schema
 
-from dispatch import Status
-from dispatch.orchestrator import DatabaseUnavailable, open_storage
+from dispatch import Status, _wire
+from dispatch.orchestrator import DatabaseUnavailable, Engine, Limiter, open_storage
+from dispatch.orchestrator._engine import HANDOFF
 from dispatch.orchestrator._postgres import FUNCTIONS_DIGEST, MIGRATIONS, PostgresStorage
 from dispatch.orchestrator._storage import Claimed, Completed, Completion, Finish, NewCall, Suspend
 
@@ -397,3 +398,105 @@ async def test_a_batch_of_completions_drops_only_the_answers_whose_claim_was_los
     record = await storage.get("c3")
     assert record is not None and record.output == b"x" and len(record.attempts) == 1
     await storage.close()
+
+
+async def test_endpoints_run_in_process_are_named_while_their_host_records_them(
+    url: str,
+) -> None:
+    first, second = PostgresStorage(url), PostgresStorage(url)
+    await first.migrate()
+    now = time.time()
+    await first.host("app-1", [EP, "http://b.test/dispatch"], now, now + 30)
+    await second.host("app-2", ["http://c.test/dispatch"], now, now + 5)
+    assert (await second.due(now)).hosts == {
+        EP: "app-1",
+        "http://b.test/dispatch": "app-1",
+        "http://c.test/dispatch": "app-2",
+    }
+    # What a host records replaces what it recorded; an expired record is not named.
+    await first.host("app-1", [EP], now + 1, now + 31)
+    assert (await first.due(now + 10)).hosts == {EP: "app-1"}
+    # Another process taking an endpoint over (an application restarted on its address).
+    await second.host("app-3", [EP], now + 2, now + 32)
+    assert (await first.due(now + 2)).hosts == {EP: "app-3", "http://c.test/dispatch": "app-2"}
+    await second.host("app-3", [], now + 3, now + 3)  # it stops
+    assert (await first.due(now + 3)).hosts == {"http://c.test/dispatch": "app-2"}
+    await first.close()
+    await second.close()
+
+
+class RecordingInvoker:
+    """An endpoint answering OK after ``delay`` seconds, noting when each call started."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.started: dict[str, float] = {}
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        request = _wire.RunRequest.from_msgpack(body)
+        self.started[request.dispatch_id] = time.time()
+        await asyncio.sleep(self.delay)
+        return 200, _wire.RunResponse(status=OK, exit=_wire.Exit(output=b"")).to_msgpack()
+
+    async def close(self) -> None:
+        pass
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_other_orchestrators_leave_the_calls_of_a_hosted_endpoint_to_its_host(
+    url: str,
+) -> None:
+    """An embedded orchestrator runs its application's calls in process; a
+    ``dispatch server`` on the same database takes only those that waited
+    for it more than HANDOFF seconds (its backlog), and all of them once it
+    stopped."""
+    app_storage, server_storage = PostgresStorage(url), PostgresStorage(url)
+    client = PostgresStorage(url)  # (a third process dispatches: both hear of its calls)
+    await app_storage.migrate()
+    # The application's endpoint takes one call at a time, 0.3 s each: 8 calls
+    # would take it 2.4 s alone.
+    app_invoker, server_invoker = RecordingInvoker(0.3), RecordingInvoker(0.0)
+    app = Engine(app_storage, app_invoker, None, limiter=lambda: Limiter(1.0, maximum=1.0))
+    server = Engine(server_storage, server_invoker, None)
+    running = [asyncio.ensure_future(engine.run()) for engine in (app, server)]
+    app.host({EP})
+    await until(lambda: has_host(server_storage))
+
+    created = time.time()
+    await client.create([new(f"c{i}") for i in range(8)], created)
+    await until(lambda: all_done(server_storage, 8))
+    assert app_invoker.started and server_invoker.started
+    assert set(app_invoker.started) | set(server_invoker.started) == {f"c{i}" for i in range(8)}
+    assert min(app_invoker.started.values()) - created < HANDOFF
+    # (The server's first claim of them waited for the handoff; once it
+    # runs some, what its completions claim may follow at once.)
+    assert min(server_invoker.started.values()) - created >= HANDOFF
+
+    await app.stop()  # withdraws its record: the server runs new calls at once
+    assert not await has_host(server_storage)
+    created = time.time()
+    await client.create([new("after")], created)
+    await until(lambda: all_done(server_storage, 9))
+    assert server_invoker.started["after"] - created < HANDOFF
+    await server.stop()
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
+    for storage in (app_storage, server_storage, client):
+        await storage.close()
+
+
+async def has_host(storage: PostgresStorage) -> bool:
+    return bool((await storage.due(time.time())).hosts)
+
+
+async def all_done(storage: PostgresStorage, count: int) -> bool:
+    return (await storage.counts())["done"] == count
