@@ -152,8 +152,12 @@ BEGIN
                 USING ERRCODE = 'DP409';
         END IF;
     END IF;
-    -- (What this process claimed, nobody else needs to hear of.)
-    IF made.inserted > cardinality(made.claimed) THEN
+    -- (What this process claimed, or runs in process, nobody else needs to
+    -- hear of: see dispatch_hosted_here.)
+    IF made.inserted > cardinality(made.claimed) AND EXISTS (
+        SELECT 1 FROM jsonb_array_elements(new_calls) AS c
+        WHERE NOT c->>'endpoint' = ANY(dispatch_hosted_here(now)))
+    THEN
         PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
     END IF;
     RETURN made.claimed;
@@ -616,13 +620,24 @@ BEGIN
     RETURN applied;
 END $$;
 
+-- The endpoints this process runs in process (an embedded orchestrator's
+-- application's: see host). Their calls are its own to run, and others take
+-- only those that wait too long, which they look for anyway: calls made due
+-- there are no news worth a notification.
+CREATE FUNCTION dispatch_hosted_here(now float8) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT ARRAY(SELECT endpoint FROM hosts
+                 WHERE sender = current_setting('dispatch.sender', true) AND expires > now)
+$$;
+
 -- Whether calls are due at now that no claim of the batch will take: pending
 -- on endpoints other than the claims' (skip; a claim's endpoint has none
 -- left, or no room, which the next completion there claims), or waiting
 -- past their max wait. What this process's engine has left to look for;
 -- called after the claims (their count, after, orders it so). If the
--- completions made calls due and any are left, whatever the endpoint,
--- other processes are told (they may have room).
+-- completions made calls due and any are left, whatever the endpoint (but
+-- those this process runs in process), other processes are told (they may
+-- have room).
 CREATE FUNCTION dispatch_due_now(now float8, skip text[], after bigint) RETURNS boolean
 LANGUAGE plpgsql {generic} AS $$
 DECLARE
@@ -630,8 +645,9 @@ DECLARE
     elsewhere boolean := waits OR EXISTS (
         SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now AND endpoint <> ALL(skip));
 BEGIN
-    IF current_setting('dispatch.made_due', true) = 'on' AND (elsewhere OR EXISTS (
-        SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now AND endpoint = ANY(skip)))
+    IF current_setting('dispatch.made_due', true) = 'on' AND (waits OR EXISTS (
+        SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now
+            AND NOT endpoint = ANY(dispatch_hosted_here(now))))
     THEN
         PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
     END IF;
@@ -719,6 +735,7 @@ MIGRATIONS = [
     CREATE TABLE hosts (
         endpoint text PRIMARY KEY,
         owner text NOT NULL,
+        sender text NOT NULL,
         expires double precision NOT NULL
     );
     """,
@@ -742,7 +759,7 @@ def _first_run_finishes(array: str) -> str:
 FUNCTIONS = (
     "DROP FUNCTION IF EXISTS dispatch_due_now, dispatch_complete_many, dispatch_complete, "
     "dispatch_claim, dispatch_cancel_children, dispatch_cancel, dispatch_deliver, "
-    "dispatch_wake, dispatch_create, dispatch_insert;"
+    "dispatch_wake, dispatch_create, dispatch_insert, dispatch_hosted_here;"
     + _FUNCTIONS.replace("{generic}", "SET plan_cache_mode = force_generic_plan")
     .replace("{first_run_finishes(batch)}", _first_run_finishes("batch"))
     .replace("{first_run_finishes(ran)}", _first_run_finishes("ran"))
@@ -1100,10 +1117,10 @@ class PostgresStorage:
             "WITH mine AS (SELECT unnest(%s::text[]) AS endpoint), "
             "gone AS (DELETE FROM hosts WHERE (owner = %s OR expires <= %s) "
             "AND endpoint NOT IN (SELECT endpoint FROM mine)) "
-            "INSERT INTO hosts (endpoint, owner, expires) SELECT endpoint, %s, %s FROM mine "
-            "ON CONFLICT (endpoint) DO UPDATE SET owner = EXCLUDED.owner, "
-            "expires = EXCLUDED.expires",
-            (list(endpoints), owner, now, owner, until),
+            "INSERT INTO hosts (endpoint, owner, sender, expires) "
+            "SELECT endpoint, %s, %s, %s FROM mine ON CONFLICT (endpoint) DO UPDATE "
+            "SET owner = EXCLUDED.owner, sender = EXCLUDED.sender, expires = EXCLUDED.expires",
+            (list(endpoints), owner, now, owner, self._sender, until),
         )
 
     async def due(self, now: float) -> Due:

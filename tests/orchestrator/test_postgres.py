@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -253,6 +254,41 @@ async def test_new_work_wakes_a_watching_process(url: str) -> None:
     task.cancel()
     await watcher.close()
     await other.close()
+
+
+async def test_calls_of_an_endpoint_run_in_process_wake_no_other_process(url: str) -> None:
+    """An embedded orchestrator's calls are its own to run (other processes
+    take over only a backlog, which they look for every second anyway):
+    making them due notifies nobody; calls of other endpoints still do."""
+    watcher, app = PostgresStorage(url), PostgresStorage(url)
+    await app.migrate()
+    woken, task = await wakes(watcher)
+    now = time.time()
+    await app.host("app", [EP], now, now + 60)
+    await app.create([new("mine")], now)  # due now, not claimed
+    now = time.time()
+    (parent,) = await app.claim("app", EP, 1, now, 60.0)
+    suspend = Suspend(
+        b"s",
+        min_results=1,
+        max_results=1,
+        wait_until=now + 600,
+        children=(new("mine.1", "mine", 1),),
+    )
+    assert await app.complete(Completion(parent, "app", suspend, now, 0.0, OK))
+    await asyncio.sleep(0.3)
+    assert not woken.is_set()
+    elsewhere = replace(new("theirs"), endpoint="http://b.test/dispatch")
+    await app.create([elsewhere], now)
+    await asyncio.wait_for(woken.wait(), 5)
+    woken.clear()
+    # Once it stops running them in process, its calls are news again.
+    await app.host("app", [], now, now)
+    await app.create([new("mine-after")], now)
+    await asyncio.wait_for(woken.wait(), 5)
+    task.cancel()
+    await watcher.close()
+    await app.close()
 
 
 async def test_watch_fails_when_its_connection_is_lost_and_can_start_again(url: str) -> None:
