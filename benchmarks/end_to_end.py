@@ -1,13 +1,13 @@
 """End to end: calls dispatched, run on the endpoint and recorded done, on the embedded default.
 
-    python benchmarks/end_to_end.py [--quick] [--mode embedded|http|postgres]
+    python benchmarks/end_to_end.py [--quick] [--repeats N] [--mode MODE] [--orchestrators 1,2,3]
 
 Shapes (issue #4): 500 one-step calls dispatched one by one, and in one
 batch; one durable coroutine gathering 100 calls; one durable coroutine
 making 50 sequential awaited calls. Each run is a fresh process
 (``benchmarks/e2e_app.py``) with a fresh database, timed from the first
 dispatch until the orchestrator has recorded every call done (durable:
-SQLite WAL, every transition committed). Median of 3 runs (1 with
+SQLite WAL, every transition committed). Median of 3 runs (``--repeats``; 1 with
 ``--quick``), and the peak memory of the process: in embedded mode the
 orchestrator and the application are that one process.
 
@@ -189,8 +189,19 @@ def _dbos_here() -> dict[str, float]:
     return seconds
 
 
-def measure(shape: str, mode: str, repeats: int, orchestrators: int = 1) -> dict[str, Any]:
-    runs = [run_once(shape, mode, orchestrators) for _ in range(repeats)]
+def measure(mode: str, repeats: int, counts: list[int]) -> list[dict[str, Any]]:
+    """Every shape with each number of orchestrators, ``repeats`` times, in
+    rounds (each round runs every one of them once), so that a machine
+    whose speed drifts over minutes slows each of them alike."""
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for _ in range(repeats):
+        for count in counts:
+            for shape in SHAPES:
+                runs.setdefault((count, shape), []).append(run_once(shape, mode, count))
+    return [summary(shape, count, runs[count, shape]) for count in counts for shape in SHAPES]
+
+
+def summary(shape: str, orchestrators: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "shape": shape,
         "orchestrators": orchestrators,
@@ -211,16 +222,17 @@ def main() -> None:
     parser.add_argument(
         "--mode", choices=("embedded", "http", "postgres", "embedded-postgres"), default="embedded"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (default: 3)")
     parser.add_argument(
         "--orchestrators",
         default="1,2,3",
         help="postgres mode: the numbers of orchestrator processes to measure (default: 1,2,3)",
     )
     args = parser.parse_args()
-    repeats = 1 if args.quick else 3
+    repeats = 1 if args.quick else args.repeats
     postgres = args.mode in ("postgres", "embedded-postgres")
     counts = [int(n) for n in args.orchestrators.split(",")] if postgres else [1]
-    rows = [measure(shape, args.mode, repeats, n) for n in counts for shape in SHAPES]
+    rows = measure(args.mode, repeats, counts)
     here = _dbos_here() if postgres else {}
     for row in rows:
         row["dbos_here_seconds"] = here.get(row["shape"])

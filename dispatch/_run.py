@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -168,12 +168,13 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
     server_loop: list[asyncio.AbstractEventLoop] = []
     default_registry().use_sender(send)
 
-    def announce() -> None:
+    async def announce() -> None:
         server_loop.append(asyncio.get_running_loop())
         if not storage.exclusive:
             # A database shared with other orchestrators holds other
             # applications' calls too: this one runs its own, in process.
-            engine.host({f"http://{host}:{_bound_port(server) or port}/dispatch"})
+            # (Before the init function dispatches anything.)
+            await engine.host({f"http://{host}:{_bound_port(server) or port}/dispatch"})
 
     if "DISPATCH_DATABASE_URL" not in os.environ:
         where = str(directory)
@@ -194,7 +195,7 @@ def _run_embedded(settings: _config.Settings, init: Callable[[], Any] | None) ->
 def _serve(
     server: Server,
     init: Callable[[], Any] | None,
-    on_started: Callable[[], None] | None = None,
+    on_started: Callable[[], Awaitable[None]] | None = None,
     banner: str = "",
 ) -> None:
     async def watch() -> None:
@@ -203,7 +204,7 @@ def _serve(
                 return
             await asyncio.sleep(0.01)
         if on_started is not None:
-            on_started()
+            await on_started()
         port = _bound_port(server)
         config = server.config
         suffix = f", {banner}" if banner else ""

@@ -149,7 +149,6 @@ class Engine:
         self._attempts: dict[str, asyncio.Task[None]] = {}
         self.endpoints: set[str] | None = None
         """The endpoints whose calls this engine runs (None: every endpoint)."""
-        self._hosting: set[asyncio.Task[None]] = set()
         self._turns: dict[str, int] = {}
         self.metrics = Metrics()
         self._running = False
@@ -184,18 +183,15 @@ class Engine:
         if len(claimed) < created:
             self.wake()
 
-    def host(self, endpoints: set[str]) -> None:
-        """On the event loop: run the calls of ``endpoints`` alone, an
-        application's own endpoint served in this process. On a database
-        shared with other orchestrators it says so (renewed with the leases,
-        withdrawn at stop), and they leave those calls to this one unless
-        they wait for more than ``HANDOFF`` seconds: running them here costs
-        no HTTP request."""
+    async def host(self, endpoints: set[str]) -> None:
+        """Run the calls of ``endpoints`` alone, an application's own endpoint
+        served in this process. On a database shared with other orchestrators
+        it says so (renewed with the leases, withdrawn at stop), and they
+        leave those calls to this one unless they wait for more than
+        ``HANDOFF`` seconds: running them here costs no HTTP request."""
         self.endpoints = endpoints
         if not self.storage.exclusive:
-            task = asyncio.ensure_future(self._record_hosts(endpoints))
-            self._hosting.add(task)
-            task.add_done_callback(self._hosting.discard)
+            await self._record_hosts(endpoints)
 
     async def _record_hosts(self, endpoints: set[str]) -> None:
         """Record ``endpoints`` as hosted by this engine for a lease (none: withdraw)."""
@@ -265,8 +261,6 @@ class Engine:
         if self._attempts:
             await asyncio.wait(list(self._attempts.values()))
         if self.endpoints and not self.storage.exclusive:
-            if self._hosting:
-                await asyncio.wait(list(self._hosting))
             await self._record_hosts(set())  # the others take its calls at once
 
     async def _sleep(self, claimed: bool, filled: float, due: float | None) -> None:

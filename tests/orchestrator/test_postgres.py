@@ -503,8 +503,8 @@ async def test_other_orchestrators_leave_the_calls_of_a_hosted_endpoint_to_its_h
     app = Engine(app_storage, app_invoker, None, limiter=lambda: Limiter(1.0, maximum=1.0))
     server = Engine(server_storage, server_invoker, None)
     running = [asyncio.ensure_future(engine.run()) for engine in (app, server)]
-    app.host({EP})
-    await until(lambda: has_host(server_storage))
+    await app.host({EP})
+    assert await has_host(server_storage)
 
     created = time.time()
     await client.create([new(f"c{i}") for i in range(8)], created)
