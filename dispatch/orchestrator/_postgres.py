@@ -137,6 +137,7 @@ LANGUAGE plpgsql {generic} AS $$
 DECLARE
     made record;
     conflict record;
+    hosted text[];
 BEGIN
     SELECT * INTO made FROM dispatch_insert(new_calls, now, true);
     IF made.inserted < jsonb_array_length(new_calls) THEN
@@ -154,11 +155,14 @@ BEGIN
     END IF;
     -- (What this process claimed, or runs in process, nobody else needs to
     -- hear of: see dispatch_hosted_here.)
-    IF made.inserted > cardinality(made.claimed) AND EXISTS (
-        SELECT 1 FROM jsonb_array_elements(new_calls) AS c
-        WHERE NOT c->>'endpoint' = ANY(dispatch_hosted_here(now)))
-    THEN
-        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+    IF made.inserted > cardinality(made.claimed) THEN
+        hosted := dispatch_hosted_here(now);
+        IF cardinality(hosted) = 0 OR EXISTS (
+            SELECT 1 FROM jsonb_array_elements(new_calls) AS c
+            WHERE NOT c->>'endpoint' = ANY(hosted))
+        THEN
+            PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+        END IF;
     END IF;
     RETURN made.claimed;
 END $$;

@@ -13,10 +13,12 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +27,7 @@ import psycopg
 import pytest
 from postgres_server import postgres_database, postgres_schema
 
-from dispatch import Status, _wire
+from dispatch import Status, _local, _wire
 from dispatch.orchestrator import DatabaseUnavailable, Engine, Limiter, open_storage
 from dispatch.orchestrator._engine import HANDOFF
 from dispatch.orchestrator._postgres import FUNCTIONS_DIGEST, MIGRATIONS, PostgresStorage
@@ -372,18 +374,86 @@ def test_an_application_embeds_its_orchestrator_on_postgres(url: str, tmp_path: 
         await storage.close()
 
     asyncio.run(elsewhere())
-    environment = {
-        name: value for name, value in os.environ.items() if not name.startswith("DISPATCH_")
-    }
-    environment |= {
-        "DISPATCH_DATABASE_URL": url,
-        "DISPATCH_ENDPOINT_ADDR": "127.0.0.1:0",
-        "PYTHONUNBUFFERED": "1",
-    }
+    stderr = run_pipeline(url, tmp_path)
+    assert "embedded orchestrator (PostgreSQL: DISPATCH_DATABASE_URL)" in stderr
+    with psycopg.connect(url) as connection:
+        calls = connection.execute("SELECT function, state, status FROM calls").fetchall()
+    assert sorted(calls) == sorted(
+        [("pipeline", "done", OK), ("total", "done", OK)]
+        + [("fetch_price", "done", OK)] * 4
+        + [("f", "pending", None)]
+    )
+    assert not (tmp_path / ".dispatch" / "dispatch.db").exists()
+
+
+def test_a_dispatch_server_joining_leaves_an_embedded_applications_calls_to_it(
+    url: str, tmp_path: Path
+) -> None:
+    """A ``dispatch server`` on the same database, with the application's keys
+    (it could run its calls over HTTP), runs none of them: the embedded
+    orchestrator records its endpoint as run in process, and its calls wait
+    less than HANDOFF for it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dispatch", "server", "--db", url, "--port", str(port)],
+        cwd=tmp_path,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        api = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{api}/v1/health", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "no server"
+                time.sleep(0.05)
+        run_pipeline(url, tmp_path)  # (with the server's keys: .dispatch/ in tmp_path)
+        key = _local.keys(tmp_path / ".dispatch" / "keys.json").api_key
+        request = urllib.request.Request(
+            f"{api}/metrics", headers={"Authorization": f"Bearer {key}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            metrics = response.read().decode()
+    finally:
+        server.terminate()
+        _, server_log = server.communicate(timeout=30)
+    assert server.returncode == 0, server_log
+    assert "dispatch_queue_depth" in metrics  # (the metrics of that server)
+    assert "dispatch_attempts_total{" not in metrics, metrics
+    with psycopg.connect(url) as connection:
+        states = connection.execute("SELECT state, status FROM calls").fetchall()
+    assert states == [("done", OK)] * 6
+
+
+def environment() -> dict[str, str]:
+    """This process's environment without any DISPATCH_ setting."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("DISPATCH_")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_pipeline(url: str, directory: Path) -> str:
+    """``python examples/pipeline.py`` embedded on ``url`` in ``directory``,
+    until it printed its total and stopped at SIGTERM; what it wrote on stderr."""
     app = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "pipeline.py")],
-        cwd=tmp_path,
-        env=environment,
+        cwd=directory,
+        env=environment()
+        | {
+            "DISPATCH_DATABASE_URL": url,
+            "DISPATCH_ENDPOINT_ADDR": "127.0.0.1:0",
+            "PYTHONUNBUFFERED": "1",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -400,16 +470,8 @@ def test_an_application_embeds_its_orchestrator_on_postgres(url: str, tmp_path: 
     finally:
         app.kill()
     assert app.returncode == 0, stderr
-    assert "embedded orchestrator (PostgreSQL: DISPATCH_DATABASE_URL)" in stderr
     assert "pipeline: 4 items, total 16" in printed, (printed, stderr)
-    with psycopg.connect(url) as connection:
-        calls = connection.execute("SELECT function, state, status FROM calls").fetchall()
-    assert sorted(calls) == sorted(
-        [("pipeline", "done", OK), ("total", "done", OK)]
-        + [("fetch_price", "done", OK)] * 4
-        + [("f", "pending", None)]
-    )
-    assert not (tmp_path / ".dispatch" / "dispatch.db").exists()
+    return stderr
 
 
 async def test_a_batch_of_completions_drops_only_the_answers_whose_claim_was_lost(
