@@ -648,12 +648,15 @@ DECLARE
     waits boolean := EXISTS (SELECT 1 FROM calls WHERE state = 'waiting' AND wait_until <= now);
     elsewhere boolean := waits OR EXISTS (
         SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now AND endpoint <> ALL(skip));
+    hosted text[];
 BEGIN
-    IF current_setting('dispatch.made_due', true) = 'on' AND (waits OR EXISTS (
-        SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now
-            AND NOT endpoint = ANY(dispatch_hosted_here(now))))
-    THEN
-        PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+    IF current_setting('dispatch.made_due', true) = 'on' THEN
+        hosted := dispatch_hosted_here(now);  -- (once: not once per row below)
+        IF waits OR EXISTS (SELECT 1 FROM calls WHERE state = 'pending' AND due_at <= now
+                            AND NOT endpoint = ANY(hosted))
+        THEN
+            PERFORM pg_notify('dispatch_work', current_setting('dispatch.sender', true));
+        END IF;
     END IF;
     RETURN elsewhere;
 END $$;
