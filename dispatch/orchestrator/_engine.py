@@ -197,7 +197,7 @@ class Engine:
         """Record ``endpoints`` as hosted by this engine for a lease (none: withdraw)."""
         now = self.clock()
         try:
-            await self.storage.host(self.owner, sorted(endpoints), now, now + self.lease)
+            await self.storage.host(sorted(endpoints), now, now + self.lease)
         except Exception:
             logger.exception("recording the endpoints run in this process failed")
 
@@ -279,7 +279,7 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _fill(self, now: float, endpoints: list[str], hosts: dict[str, str]) -> bool:
+    async def _fill(self, now: float, endpoints: list[str], hosts: frozenset[str]) -> bool:
         """Claim due calls for every endpoint with room; whether any were
         claimed. Of an endpoint another process hosts (see :meth:`host`),
         only those due ``HANDOFF`` seconds ago (leased all the same from now)."""
@@ -291,7 +291,7 @@ class Engine:
             free = limiter.available()
             if not free:
                 continue
-            handoff = HANDOFF if hosts.get(endpoint, self.owner) != self.owner else 0.0
+            handoff = HANDOFF if endpoint in hosts else 0.0
             claimed = await self.storage.claim(
                 self.owner, endpoint, free, now - handoff, self.lease + handoff
             )

@@ -741,7 +741,6 @@ MIGRATIONS = [
     """
     CREATE TABLE hosts (
         endpoint text PRIMARY KEY,
-        owner text NOT NULL,
         sender text NOT NULL,
         expires double precision NOT NULL
     );
@@ -1117,17 +1116,18 @@ class PostgresStorage:
             cursor = await self._leases.execute(sql, parameters)
             return await cursor.fetchall() if cursor.description else []
 
-    async def host(self, owner: str, endpoints: Sequence[str], now: float, until: float) -> None:
-        # (On the connection kept for leases: a host that keeps up must not
-        # look gone while a burst of completions takes every pooled one.)
+    async def host(self, endpoints: Sequence[str], now: float, until: float) -> None:
+        # The process is its sender, as its notifications name it. (On the
+        # connection kept for leases: a host that keeps up must not look
+        # gone while a burst of completions takes every pooled one.)
         await self._keep_leases(
             "WITH mine AS (SELECT unnest(%s::text[]) AS endpoint), "
-            "gone AS (DELETE FROM hosts WHERE (owner = %s OR expires <= %s) "
+            "gone AS (DELETE FROM hosts WHERE (sender = %s OR expires <= %s) "
             "AND endpoint NOT IN (SELECT endpoint FROM mine)) "
-            "INSERT INTO hosts (endpoint, owner, sender, expires) "
-            "SELECT endpoint, %s, %s, %s FROM mine ON CONFLICT (endpoint) DO UPDATE "
-            "SET owner = EXCLUDED.owner, sender = EXCLUDED.sender, expires = EXCLUDED.expires",
-            (list(endpoints), owner, now, owner, self._sender, until),
+            "INSERT INTO hosts (endpoint, sender, expires) SELECT endpoint, %s, %s FROM mine "
+            "ON CONFLICT (endpoint) DO UPDATE "
+            "SET sender = EXCLUDED.sender, expires = EXCLUDED.expires",
+            (list(endpoints), self._sender, now, self._sender, until),
         )
 
     async def due(self, now: float) -> Due:
@@ -1137,10 +1137,10 @@ class PostgresStorage:
             "UNION SELECT endpoint FROM calls WHERE state = 'waiting' AND wait_until <= %s), "
             "LEAST((SELECT MIN(due_at) FROM calls WHERE state = 'pending'), "
             "(SELECT MIN(wait_until) FROM calls WHERE state = 'waiting')), "
-            "(SELECT jsonb_object_agg(endpoint, owner) FROM hosts WHERE expires > %s)",
-            (now, now, now),
+            "ARRAY(SELECT endpoint FROM hosts WHERE expires > %s AND sender <> %s)",
+            (now, now, now, self._sender),
         )
-        return Due(endpoints, earliest, hosts or {})
+        return Due(endpoints, earliest, frozenset(hosts))
 
     async def cancel(self, call_id: str, now: float) -> int:
         rows = await self._fetch("SELECT dispatch_cancel(%s, %s, true)", ([call_id], now))

@@ -316,7 +316,7 @@ class SQLiteStorage:
                 [(until, call_id, owner) for call_id in ids],
             )
 
-    async def host(self, owner: str, endpoints: Sequence[str], now: float, until: float) -> None:
+    async def host(self, endpoints: Sequence[str], now: float, until: float) -> None:
         pass  # (no other orchestrator shares the file: there is nobody to tell)
 
     async def recover(self, now: float) -> int:

@@ -323,9 +323,9 @@ class Due:
     """Endpoints with calls due now (waits past their max wait included)."""
     next: float | None
     """The earliest time a pending or waiting call becomes due (None: none is)."""
-    hosts: dict[str, str] = field(default_factory=dict)
-    """Endpoints an orchestrator runs in process (see :meth:`Storage.host`),
-    and its owner id, as long as it keeps recording them."""
+    hosts: frozenset[str] = frozenset()
+    """Endpoints that another orchestrator process runs in process (see
+    :meth:`Storage.host`), as long as it keeps recording them."""
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -402,13 +402,13 @@ class Storage(Protocol):
     async def recover(self, now: float) -> int:
         """Make calls whose lease expired pending again; how many."""
 
-    async def host(self, owner: str, endpoints: Sequence[str], now: float, until: float) -> None:
-        """Record that ``owner`` runs the calls of ``endpoints`` in process
+    async def host(self, endpoints: Sequence[str], now: float, until: float) -> None:
+        """Record that this process runs the calls of ``endpoints`` in process
         (an embedded orchestrator, its application's endpoint) until
         ``until``, in place of what it recorded before (none: it stops), and
-        forget what expired at ``now``; :meth:`due` names them, so that the
-        other orchestrators leave their calls to it while it keeps up. A
-        backend that one process has to itself records nothing."""
+        forget what expired at ``now``; :meth:`due` in the other processes
+        names them, so that they leave those calls to it while it keeps up.
+        A backend that one process has to itself records nothing."""
 
     async def due(self, now: float) -> Due:
         """What is due at ``now``, and when the next call becomes due."""

@@ -107,8 +107,8 @@ class RecordingStorage:
     async def recover(self, now: float) -> int:
         return await self.inner.recover(now)
 
-    async def host(self, owner: str, endpoints: Sequence[str], now: float, until: float) -> None:
-        await self.inner.host(owner, endpoints, now, until)
+    async def host(self, endpoints: Sequence[str], now: float, until: float) -> None:
+        await self.inner.host(endpoints, now, until)
 
     async def due(self, now: float) -> Due:
         return await self.inner.due(now)

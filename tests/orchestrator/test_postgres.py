@@ -266,7 +266,7 @@ async def test_calls_of_an_endpoint_run_in_process_wake_no_other_process(url: st
     await app.migrate()
     woken, task = await wakes(watcher)
     now = time.time()
-    await app.host("app", [EP], now, now + 60)
+    await app.host([EP], now, now + 60)
     await app.create([new("mine")], now)  # due now, not claimed
     now = time.time()
     (parent,) = await app.claim("app", EP, 1, now, 60.0)
@@ -285,7 +285,7 @@ async def test_calls_of_an_endpoint_run_in_process_wake_no_other_process(url: st
     await asyncio.wait_for(woken.wait(), 5)
     woken.clear()
     # Once it stops running them in process, its calls are news again.
-    await app.host("app", [], now, now)
+    await app.host([], now, now)
     await app.create([new("mine-after")], now)
     await asyncio.wait_for(woken.wait(), 5)
     task.cancel()
@@ -498,29 +498,28 @@ async def test_a_batch_of_completions_drops_only_the_answers_whose_claim_was_los
     await storage.close()
 
 
-async def test_endpoints_run_in_process_are_named_while_their_host_records_them(
+async def test_endpoints_run_in_process_are_named_to_the_others_while_recorded(
     url: str,
 ) -> None:
-    first, second = PostgresStorage(url), PostgresStorage(url)
+    first, second, other = PostgresStorage(url), PostgresStorage(url), PostgresStorage(url)
     await first.migrate()
     now = time.time()
-    await first.host("app-1", [EP, "http://b.test/dispatch"], now, now + 30)
-    await second.host("app-2", ["http://c.test/dispatch"], now, now + 5)
-    assert (await second.due(now)).hosts == {
-        EP: "app-1",
-        "http://b.test/dispatch": "app-1",
-        "http://c.test/dispatch": "app-2",
-    }
-    # What a host records replaces what it recorded; an expired record is not named.
-    await first.host("app-1", [EP], now + 1, now + 31)
-    assert (await first.due(now + 10)).hosts == {EP: "app-1"}
+    await first.host([EP, "http://b.test/dispatch"], now, now + 30)
+    await second.host(["http://c.test/dispatch"], now, now + 5)
+    everything = {EP, "http://b.test/dispatch", "http://c.test/dispatch"}
+    assert (await other.due(now)).hosts == everything
+    assert (await second.due(now)).hosts == {EP, "http://b.test/dispatch"}  # not its own
+    # What a process records replaces what it recorded; an expired record is not named.
+    await first.host([EP], now + 1, now + 31)
+    assert (await other.due(now + 10)).hosts == {EP}
     # Another process taking an endpoint over (an application restarted on its address).
-    await second.host("app-3", [EP], now + 2, now + 32)
-    assert (await first.due(now + 2)).hosts == {EP: "app-3", "http://c.test/dispatch": "app-2"}
-    await second.host("app-3", [], now + 3, now + 3)  # it stops
-    assert (await first.due(now + 3)).hosts == {"http://c.test/dispatch": "app-2"}
-    await first.close()
-    await second.close()
+    await second.host([EP], now + 2, now + 32)
+    assert (await first.due(now + 2)).hosts == {EP}
+    assert (await second.due(now + 2)).hosts == set()
+    await second.host([], now + 3, now + 3)  # it stops
+    assert (await other.due(now + 3)).hosts == set()
+    for storage in (first, second, other):
+        await storage.close()
 
 
 class RecordingInvoker:
