@@ -149,6 +149,8 @@ class Engine:
         self._attempts: dict[str, asyncio.Task[None]] = {}
         self.endpoints: set[str] | None = None
         """The endpoints whose calls this engine runs (None: every endpoint)."""
+        self._hosting: set[str] = set()
+        """The endpoints it records as hosted, on a shared database (see :meth:`host`)."""
         self._turns: dict[str, int] = {}
         self.metrics = Metrics()
         self._running = False
@@ -191,6 +193,7 @@ class Engine:
         ``HANDOFF`` seconds: running them here costs no HTTP request."""
         self.endpoints = endpoints
         if not self.storage.exclusive:
+            self._hosting = endpoints
             await self._record_hosts(endpoints)
 
     async def _record_hosts(self, endpoints: set[str]) -> None:
@@ -260,7 +263,7 @@ class Engine:
         # Wait for the cancelled ones too: once stopped, nothing may touch the storage.
         if self._attempts:
             await asyncio.wait(list(self._attempts.values()))
-        if self.endpoints and not self.storage.exclusive:
+        if self._hosting:
             await self._record_hosts(set())  # the others take its calls at once
 
     async def _sleep(self, claimed: bool, filled: float, due: float | None) -> None:
@@ -302,8 +305,8 @@ class Engine:
     async def _renew_leases(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            if self.endpoints and not self.storage.exclusive:
-                await self._record_hosts(self.endpoints)
+            if self._hosting and not self._stopping:  # (not after stop withdrew them)
+                await self._record_hosts(self._hosting)
             try:
                 await self.storage.renew(
                     self.owner, list(self._attempts), self.clock() + self.lease

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -32,6 +31,8 @@ from dispatch.orchestrator import DatabaseUnavailable, Engine, Limiter, open_sto
 from dispatch.orchestrator._engine import HANDOFF
 from dispatch.orchestrator._postgres import FUNCTIONS_DIGEST, MIGRATIONS, PostgresStorage
 from dispatch.orchestrator._storage import Claimed, Completed, Completion, Finish, NewCall, Suspend
+
+from .harness import closed_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -393,7 +394,7 @@ def test_a_dispatch_server_joining_leaves_an_embedded_applications_calls_to_it(
     (it could run its calls over HTTP), runs none of them: the embedded
     orchestrator records its endpoint as run in process, and its calls wait
     less than HANDOFF for it."""
-    port = free_port()
+    port = closed_port()  # (free: the server binds it)
     server = subprocess.Popen(
         [sys.executable, "-m", "dispatch", "server", "--db", url, "--port", str(port)],
         cwd=tmp_path,
@@ -433,13 +434,6 @@ def test_a_dispatch_server_joining_leaves_an_embedded_applications_calls_to_it(
 def environment() -> dict[str, str]:
     """This process's environment without any DISPATCH_ setting."""
     return {name: value for name, value in os.environ.items() if not name.startswith("DISPATCH_")}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run_pipeline(url: str, directory: Path) -> str:
